@@ -1,0 +1,39 @@
+"""Train NM-Hebb: ``python main.py --config=configs/<file>.py[:arg] --workdir=DIR
+[--config.x=...]``."""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nm_hebb_jax.train.loop import NonFiniteError, Preempted, RunError, train_and_evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py[:arg]).", lock_config=True
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(0)
+    print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,180 @@
+"""The configuration schema shared by every file under ``configs/``.
+
+``get_base_config()`` returns a fully typed ``ml_collections.ConfigDict``; dataset config files
+(``configs/cifar10.py``, ...) start from it and override fields. Every declared interpretation of
+the
+NM-Hebb paper (METHOD.md, marked [ours]) is a field here with its default; README's "Declared
+interpretations" section lists them.
+
+Durations: each phase has ``epochs`` (float) and ``num_steps`` (int, ``-1`` = derive from epochs);
+they are resolved in one place, :func:`nm_hebb_jax.train.loop.phase_steps`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+METHODS = (
+    "nm_hebb",
+    "baseline",
+    "label_smoothing",
+    "center_loss",
+    "supcon",
+    "phase1_only",
+    "phase2_only",
+    "no_gate",
+    "hebb_only",
+    "ewc_only",
+)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """The full default configuration (CIFAR-10, ResNet-18, NM-Hebb)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.method = "nm_hebb"
+    c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
+    c.skip_nonfinite = False  # True: skip updates whose loss/grad is non-finite instead of stopping
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.nan_at_step = -1  # test hook: feed a NaN batch at this step
+    c.debug.stop_after_step = -1  # test hook: save and stop (as if preempted) after this step
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.dtype = "float32"  # computation dtype: 'float32' or 'bfloat16' (params stay float32)
+    c.model.overrides = ml_collections.ConfigDict()  # width/depth overrides passed to get_model
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # 'tfds' | 'npz' | 'digits'
+    c.data.name = "cifar10"
+    c.data.path = ""  # npz file (source 'npz')
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default)
+    c.data.train_split = "train"
+    c.data.val_size = 5000
+    c.data.val_seed = 0
+    c.data.eval_split = "val"
+    c.data.augment = True
+    c.data.label_key = ""
+    c.data.image_size = 32
+    c.data.num_classes = 0  # 0 = infer from the data
+    c.data.cache_dir = "~/.cache/nm_hebb_jax"  # decoded-image cache; empty string = off
+    c.data.norm_stats = "auto"  # published CIFAR statistics, else computed; or "computed"
+
+    c.batch_size = 128  # global batch, split over all devices and hosts
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 5e-4  # not applied to BatchNorm, biases, the neuromodulator
+    c.optim.base_lr = 0.1  # at batch 128; scaled linearly with batch_size / 128
+    c.optim.warmup_epochs = 1.0
+    c.optim.grad_clip = 0.0  # 0 = off
+
+    c.phase1 = ml_collections.ConfigDict()
+    c.phase1.epochs = 30.0
+    c.phase1.num_steps = -1
+
+    c.phase2 = ml_collections.ConfigDict()
+    c.phase2.epochs = 10.0
+    c.phase2.num_steps = -1
+    c.phase2.lr_factor = 0.1  # phase-2 lr = phase-1 lr × lr_factor [ours]
+    c.phase2.ce_weight = 1.0  # λ_ce2 [ours]
+    c.phase2.balanced = True  # P×K class-balanced batches [ours]
+    c.phase2.k_per_class = 4
+    c.phase2.hebb = False  # Hebbian term in phase 2 [ours: off]
+    c.phase2.gate = False  # neuromodulator in phase 2 [ours: off]
+    c.phase2.ewc = True  # consolidation against the end-of-phase-1 anchor [ours: on]
+
+    c.hebb = ml_collections.ConfigDict()
+    c.hebb.layers = ()  # tap names; () = the backbone's default_hebb_layer [ours]
+    c.hebb.weight = 0.1  # λ_hebb [ours]
+    c.hebb.activation = "post"  # 'post' | 'pre' | 'maxpool' [ours: post]
+    c.hebb.stop_gradient = "none"  # 'none' | 'activations' | 'weights' [ours: none]
+
+    c.nm = ml_collections.ConfigDict()
+    c.nm.gate_learning = "hypergradient"  # 'hypergradient' | 'joint_prior' | 'fixed' [ours]
+    c.nm.targets = ("hebb", "ewc")  # terms the gate scales [ours: both]
+    c.nm.lr = 1.0  # φ's plain-SGD rate for the hypergradient update
+    c.nm.hyper_every = 10  # compute the hypergradient every N steps
+    c.nm.fixed_gate = 1.0  # ν in 'fixed' mode (the no_gate ablation)
+    c.nm.prior_weight = 1e-3  # λ_gate of KL(Bern(ν) || Bern(prior_target))
+    c.nm.prior_target = 0.5
+    c.nm.hidden = 16
+
+    c.ewc = ml_collections.ConfigDict()
+    c.ewc.weight = 1.0  # λ_ewc [ours]
+    c.ewc.fisher_examples = 512
+    c.ewc.refresh_epochs = 1.0  # online refresh of (F, θ*) in phase 1 [ours]
+    c.ewc.normalize = True  # F̃ = F / mean(F)
+    c.ewc.chunk_size = 16  # per-example gradients computed this many at a time
+
+    c.metric = ml_collections.ConfigDict()
+    c.metric.margin = 1.0  # m of the pairwise contrastive loss [ours]
+    c.metric.weight = 1.0
+
+    c.comparators = ml_collections.ConfigDict()
+    c.comparators.label_smoothing = 0.1
+    c.comparators.center_weight = 0.003
+    c.comparators.supcon_weight = 1.0
+    c.comparators.supcon_temperature = 0.1
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 50
+    c.log.eval_every_steps = 1000
+    c.log.progress = True
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.every_steps = 1000
+    c.ckpt.keep = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256
+    c.eval.knn_k = 20
+    c.eval.knn_bank = 10000
+    c.eval.nmi_restarts = 10
+    c.eval.tsne_points = 2000
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a config for CI: tiny model, a few steps, the bundled digits data (offline)."""
+    tiny = {
+        "resnet18": {"stage_sizes": (1, 1, 1, 1), "width": 4},
+        "vgg11": {"cfg": (8, "M", 16, "M")},
+        "mobilenet_v2": {
+            "cfg": ((1, 8, 1, 1), (2, 16, 2, 1), (2, 16, 1, 2)),
+            "stem_features": 8,
+            "head_features": 32,
+        },
+        "efficientnet_v2_s": {
+            "stages": (
+                ("fused", 1, 3, 1, 8, 1),
+                ("fused", 4, 3, 2, 16, 2),
+                ("mbconv", 4, 3, 2, 16, 2),
+            ),
+            "stem_features": 8,
+            "head_features": 32,
+        },
+        "densenet121": {"block_sizes": (1, 1), "growth_rate": 4},
+    }
+    c.model.overrides = ml_collections.ConfigDict(tiny.get(c.model.name, {}))
+    c.data.source = "digits"
+    c.data.name = "digits"
+    c.data.path = ""
+    c.data.val_size = 200
+    c.batch_size = 32
+    c.phase1.num_steps = 6
+    c.phase2.num_steps = 4
+    c.nm.hyper_every = 2
+    c.ewc.fisher_examples = 32
+    c.ewc.refresh_epochs = 0.1
+    c.log.every_steps = 2
+    c.log.eval_every_steps = 5
+    c.log.progress = False
+    c.ckpt.every_steps = 5
+    c.eval.batch_size = 128
+    c.eval.knn_bank = 500
+    c.eval.nmi_restarts = 2
+    c.eval.tsne_points = 200
+    return c

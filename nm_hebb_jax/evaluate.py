@@ -1,0 +1,120 @@
+"""Evaluate a checkpoint: ``python -m nm_hebb_jax.evaluate --workdir DIR [--step N | --best]
+[--data FILE --split NAME]``.
+
+Prints one JSON line last: ``top1``, ``nmi``, ``knn_top1``, ``num_examples``, the filter metrics of
+the tapped layer, ``step`` and ``provenance``. Writes pictures and ``results.json`` to
+``DIR/eval/<split>_step<N>/`` (never over training artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from nm_hebb_jax.eval import plots
+from nm_hebb_jax.eval.run import LoadError, load_run
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training run directory.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_bool("best", False, "Evaluate the best-validation checkpoint.")
+flags.DEFINE_string("data", None, "An npz file to evaluate on (default: the run's eval split).")
+flags.DEFINE_string("split", None, "Split name (in --data, or of the run's dataset).")
+flags.DEFINE_bool("plots", True, "Write the t-SNE map, filter grid and training curves.")
+
+
+def evaluate_workdir(
+    workdir: str, *, step=None, best=False, data=None, split=None, make_plots=True
+) -> dict:
+    """Evaluates a run's checkpoint and writes its artifacts; returns the JSON-able results."""
+    from nm_hebb_jax.train.writer import provenance
+
+    if step is not None and best:
+        raise LoadError("pass either --step or --best, not both")
+    run = load_run(workdir, step=step, best=best)
+    if data is not None:
+        from nm_hebb_jax.data import load_npz_split
+
+        split = split or "test"
+        if not os.path.exists(data):
+            raise LoadError(f"--data {data} does not exist; pass an npz file in the project format")
+        arrays = load_npz_split(data, split)
+        images, labels = arrays[0], arrays[1]
+        expect = tuple(run.meta["data"]["image_shape"])
+        if tuple(images.shape[1:]) != expect:
+            raise LoadError(
+                f"--data images are {tuple(images.shape[1:])} but the model was trained on "
+                f"{expect}; evaluate data of the same dataset"
+            )
+        results = run.evaluate((images, labels))
+    else:
+        split = split or run.config.data.eval_split
+        results = run.evaluate(split=split)
+    emb, labels = results.pop("_embeddings"), results.pop("_labels")
+    outdir = os.path.join(run.workdir, "eval", f"{split}_step{run.step}")
+    os.makedirs(outdir, exist_ok=True)
+    pictures = {}
+    if make_plots:
+        names = run.meta["data"].get("class_names")
+        pictures["tsne"] = plots.plot_embedding_tsne(
+            emb,
+            labels,
+            os.path.join(outdir, "tsne.png"),
+            class_names=names,
+            max_points=run.config.eval.tsne_points,
+            seed=run.config.seed,
+            title=f"t-SNE of embeddings ({split}, step {run.step})",
+        )
+        first = run.model.conv_layer_names()[0]
+        kernel = run.kernel(first)
+        pictures["filters"] = plots.plot_filter_grid(
+            kernel,
+            os.path.join(outdir, "filters_first_layer.png"),
+            title=f"first-layer filters ({first}, step {run.step})",
+        )
+        curves = os.path.join(run.workdir, "metrics.jsonl")
+        if os.path.exists(curves):
+            pictures["curves"] = plots.plot_training_curves(
+                curves, os.path.join(outdir, "training_curves.png")
+            )
+    out = {
+        **{k: v for k, v in results.items()},
+        "split": split,
+        "step": run.step,
+        "phase": run.meta.get("phase"),
+        "method": run.config.method,
+        "model": run.meta["model"]["name"],
+        "pictures": pictures,
+        "provenance": provenance(run.config),
+    }
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(out, f, indent=2, default=str)
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir:
+        print("error: --workdir is required (the directory of a training run)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        out = evaluate_workdir(
+            FLAGS.workdir,
+            step=FLAGS.step,
+            best=FLAGS.best,
+            data=FLAGS.data,
+            split=FLAGS.split,
+            make_plots=FLAGS.plots,
+        )
+    except (LoadError, ValueError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,154 @@
+"""Checkpointing: the one module that talks to orbax.
+
+Two ``orbax.checkpoint.CheckpointManager`` s per workdir: ``checkpoints/`` (every N steps and at
+each
+phase end, keep K) and ``best/`` (the best validation Top-1, keep 1). Each checkpoint has two items:
+``state`` (``{'train': TrainState, 'ewc': {'anchor', 'fisher'}}``, restored against an abstract,
+sharded target) and ``meta`` (JSON: phase, step, model, method, dataset, metrics).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _handlers() -> dict:
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class Checkpointer:
+    """Latest-K and best-1 checkpoints of one workdir.
+
+    Args:
+      workdir: the run directory.
+      keep: how many regular checkpoints to keep.
+      read_only: open existing checkpoints only (evaluation); never creates directories.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+        self.workdir = os.path.abspath(os.path.expanduser(workdir))
+        opts = dict(create=not read_only, read_only=read_only, enable_async_checkpointing=False)
+        self.latest = ocp.CheckpointManager(
+            os.path.join(self.workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
+            item_handlers=_handlers(),
+        )
+        best_dir = os.path.join(self.workdir, "best")
+        self.best = None
+        if not read_only or os.path.isdir(best_dir):
+            self.best = ocp.CheckpointManager(
+                best_dir,
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts),
+                item_handlers=_handlers(),
+            )
+
+    def latest_step(self) -> int | None:
+        """The newest regular checkpoint's step, or None."""
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best checkpoint's step, or None."""
+        return self.best.latest_step() if self.best is not None else None
+
+    def save(self, step: int, tree: PyTree, meta: dict, *, best: bool = False) -> None:
+        """Saves ``tree`` and ``meta`` at ``step`` (blocking); to ``best/`` when ``best``."""
+        mngr = self.best if best else self.latest
+        if step in mngr.all_steps():  # e.g. a phase that ends where a periodic save just happened
+            mngr.delete(step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        mngr.save(step, args=args, force=True)
+        mngr.wait_until_finished()
+
+    def read_meta(self, step: int | None = None, *, best: bool = False) -> dict | None:
+        """The JSON metadata of a checkpoint (latest by default), or None when there is none."""
+        mngr = self.best if best else self.latest
+        if mngr is None:
+            return None
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            return None
+        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, abstract_tree: PyTree, step: int | None = None, *, best: bool = False):
+        """Restores ``(tree, meta)`` into the structure/shardings of ``abstract_tree``."""
+        mngr = self.best if best else self.latest
+        if mngr is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.workdir}")
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return out.state, out.meta
+
+    def restore_raw(self, step: int | None = None, *, best: bool = False, sharding=None):
+        """Restores ``(tree, meta)`` as nested dicts, using the checkpoint's own structure."""
+        mngr = self.best if best else self.latest
+        if mngr is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.workdir}")
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+        if step not in mngr.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} in {self.workdir} (have {list(mngr.all_steps())})"
+            )
+        tree_md = mngr.item_metadata(step)["state"]
+        tree_md = getattr(tree_md, "tree", tree_md)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_md
+        )
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return out.state, out.meta
+
+    def all_steps(self) -> list[int]:
+        """Steps of the regular checkpoints."""
+        return list(self.latest.all_steps())
+
+    def close(self) -> None:
+        """Waits for pending writes and closes the managers."""
+        for m in (self.latest, self.best):
+            if m is not None:
+                m.wait_until_finished()
+                m.close()
+
+
+def restore_params_only(
+    workdir: str, *, sharding, step: int | None = None, best: bool = False
+) -> tuple[PyTree, PyTree, dict]:
+    """``(params, batch_stats, meta)`` of a checkpoint, whatever optimiser state it holds.
+
+    Used by ``config.init_from`` and by evaluation. ``workdir`` may be a run directory or its
+    ``checkpoints``/``best`` subdirectory.
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.basename(workdir.rstrip("/")) in ("checkpoints", "best"):
+        best = best or os.path.basename(workdir.rstrip("/")) == "best"
+        workdir = os.path.dirname(workdir.rstrip("/"))
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        tree, meta = ckpt.restore_raw(step, best=best, sharding=sharding)
+    finally:
+        ckpt.close()
+    return tree["train"]["params"], tree["train"]["batch_stats"], meta
+
+
+def tree_signature(tree: PyTree) -> dict[str, list]:
+    """``{path: shape}`` of a pytree: used to compare a checkpoint against the model."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): list(getattr(x, "shape", ())) for p, x in flat}

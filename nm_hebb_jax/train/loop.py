@@ -1,0 +1,573 @@
+"""``train_and_evaluate(config, workdir)``: both phases of NM-Hebb, resumable, on any mesh.
+
+Order of work: validate everything that can be validated without compiling (config, data, model,
+tap names, workdir), then build the phase-1 step (compiled once), run it, refresh EWC, build the
+phase-2 step (compiled once), run it. A workdir that holds a checkpoint is resumed (phase, step, EWC
+state; the data stream is a pure function of the step); one that holds a finished run is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from nm_hebb_jax import losses
+from nm_hebb_jax.config_base import METHODS
+from nm_hebb_jax.data import build_dataset
+from nm_hebb_jax.models import get_model, validate_hebb_layers
+from nm_hebb_jax.neuromod import Neuromodulator
+from nm_hebb_jax.train import methods as M
+from nm_hebb_jax.train import sharding as S
+from nm_hebb_jax.train.checkpoint import Checkpointer, restore_params_only, tree_signature
+from nm_hebb_jax.train.state import (
+    TrainState,
+    init_ewc_state,
+    init_hyper,
+    init_params,
+    make_optimizer,
+    make_schedule,
+)
+from nm_hebb_jax.train.steps import make_eval_step, make_fisher_fn, make_train_step
+from nm_hebb_jax.train.writer import MetricWriter, provenance
+
+PyTree = Any
+
+
+class RunError(ValueError):
+    """A problem with the run's input, reported as one line before anything is compiled."""
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config before training (no compilation)."""
+
+    config: Any
+    dataset: Any
+    model: Any
+    num_classes: int
+    hebb_layers: tuple[str, ...]
+    steps: tuple[int, int]
+    mesh: Any
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps[0] + self.steps[1]
+
+
+def phase_steps(phase_cfg, steps_per_epoch: int) -> int:
+    """A phase's step count: ``num_steps`` when ≥ 0, else ``round(epochs × steps_per_epoch)``."""
+    if phase_cfg.num_steps >= 0:
+        return int(phase_cfg.num_steps)
+    return int(round(phase_cfg.epochs * steps_per_epoch))
+
+
+def _dtype(name: str):
+    if name not in ("float32", "bfloat16"):
+        raise RunError(f"unknown model.dtype {name!r}; use 'float32' or 'bfloat16'")
+    return jnp.float32 if name == "float32" else jnp.bfloat16
+
+
+def build_run(config, *, mesh=None) -> Run:
+    """Validates the config and builds data, model and mesh (one-line RunError on bad input)."""
+    if config.method not in METHODS:
+        raise RunError(
+            f"unknown method {config.method!r}; set --config.method to one of {', '.join(METHODS)}"
+        )
+    if config.batch_size <= 0:
+        raise RunError(f"batch_size must be positive, got {config.batch_size}")
+    mesh = mesh or S.make_mesh()
+    try:
+        S.check_batch_size(config.batch_size, mesh)
+        dataset = build_dataset(
+            config.data,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        num_classes = int(config.data.num_classes or dataset.num_classes)
+        model = get_model(
+            config.model.name,
+            num_classes=num_classes,
+            hebb_activation=config.hebb.activation,
+            dtype=_dtype(config.model.dtype),
+            **dict(config.model.overrides),
+        )
+        hebb_layers = tuple(config.hebb.layers) or (model.default_hebb_layer,)
+        validate_hebb_layers(model, hebb_layers)
+        for phase in (1, 2):
+            M.method_terms(config, phase)
+        if config.nm.gate_learning not in ("hypergradient", "joint_prior", "fixed"):
+            raise RunError(
+                f"unknown nm.gate_learning {config.nm.gate_learning!r}; "
+                "use 'hypergradient', 'joint_prior' or 'fixed'"
+            )
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
+    spe = dataset.steps_per_epoch(config.batch_size)
+    steps = (phase_steps(config.phase1, spe), phase_steps(config.phase2, spe))
+    if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
+        raise RunError(
+            f"init_from {config.init_from!r} does not exist; pass a workdir that holds a checkpoint"
+        )
+    return Run(config, dataset, model, num_classes, hebb_layers, steps, mesh)
+
+
+def _model_meta(run: Run, abstract_backbone) -> dict:
+    sig = json.dumps(tree_signature(abstract_backbone), sort_keys=True)
+    return {
+        "name": run.config.model.name,
+        "num_classes": run.num_classes,
+        "overrides": {k: str(v) for k, v in dict(run.config.model.overrides).items()},
+        "signature": hashlib.sha256(sig.encode()).hexdigest()[:16],
+    }
+
+
+def _embed_dim(model, image_shape) -> int:
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
+    )
+    out = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((1, *image_shape)), train=False)[1], variables
+    )
+    return int(out["embedding"].shape[-1])
+
+
+class Trainer:
+    """Holds the compiled steps and the loop of one run (see :func:`train_and_evaluate`)."""
+
+    def __init__(self, run: Run, workdir: str):
+        self.run = run
+        self.config = run.config
+        self.workdir = os.path.abspath(os.path.expanduser(workdir))
+        self.mesh = run.mesh
+        self.repl = S.replicated(self.mesh)
+        cfg = self.config
+        self.image_shape = tuple(run.dataset.image_shape)
+        self.embed_dim = _embed_dim(run.model, self.image_shape)
+        self.centers = M.uses_centers(cfg)
+        self.neuromod = Neuromodulator(hidden=cfg.nm.hidden)
+        self.spe = run.dataset.steps_per_epoch(cfg.batch_size)
+        self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
+        self.compiled: dict[str, Any] = {}
+        self.eval_step = jax.jit(make_eval_step(run.model))
+        self._fisher_loss = make_fisher_fn(run.model)
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------- initial state
+    def _init_fn(self, key):
+        return init_params(
+            self.run.model,
+            key,
+            self.image_shape,
+            num_classes=self.run.num_classes,
+            embed_dim=self.embed_dim,
+            centers=self.centers,
+            nm_hidden=self.config.nm.hidden,
+        )
+
+    def init_variables(self):
+        key = jax.random.key(self.config.seed)
+        return jax.jit(self._init_fn, out_shardings=self.repl)(key)
+
+    def abstract_variables(self):
+        return jax.eval_shape(self._init_fn, jax.random.key(self.config.seed))
+
+    def phase_setup(self, phase: int):
+        """Plan, schedule, optimiser and the jitted step of one phase (compiled on first call)."""
+        cfg, run = self.config, self.run
+        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
+        n = run.steps[phase - 1]
+        start = 0 if phase == 1 else run.steps[0]
+        lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
+        warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
+        schedule = make_schedule(lr, n, warmup)
+        tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
+        step = make_train_step(
+            plan.objective,
+            tx,
+            schedule,
+            phase_start=start,
+            gate_mode=plan.gate_mode,
+            neuromod=self.neuromod,
+            nm_lr=cfg.nm.lr,
+            hyper_every=cfg.nm.hyper_every,
+            prior_weight=cfg.nm.prior_weight,
+            prior_target=cfg.nm.prior_target,
+            skip_nonfinite=cfg.skip_nonfinite,
+        )
+        donate = (0,) if jax.default_backend() != "cpu" else ()
+        jitted = jax.jit(
+            step,
+            in_shardings=(self.repl, self.repl, S.data_sharded(self.mesh)),
+            out_shardings=(self.repl, self.repl),
+            donate_argnums=donate,
+        )
+        self.compiled[f"phase{phase}"] = jitted
+        return plan, tx, jitted, start, n
+
+    def make_state(self, params, batch_stats, step: int, tx, plan) -> TrainState:
+        """A fresh phase state (new optimiser state) from params, replicated over the mesh."""
+        key_data = jax.random.key_data(jax.random.key(self.config.seed + 1))
+
+        def build(params, batch_stats):
+            hyper = init_hyper(params["backbone"]) if plan.gate_mode == "hypergradient" else {}
+            return TrainState(
+                step=jnp.asarray(step, jnp.int32),
+                params=params,
+                batch_stats=batch_stats,
+                opt_state=tx.init(params),
+                rng=key_data,
+                hyper=hyper,
+            )
+
+        return jax.jit(build, out_shardings=self.repl)(params, batch_stats)
+
+    def abstract_state(self, tx, plan) -> TrainState:
+        params, bs = self.abstract_variables()
+        state = jax.eval_shape(
+            lambda p, b: TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=p,
+                batch_stats=b,
+                opt_state=tx.init(p),
+                rng=jax.random.key_data(jax.random.key(0)),
+                hyper=init_hyper(p["backbone"]) if plan.gate_mode == "hypergradient" else {},
+            ),
+            params,
+            bs,
+        )
+        ewc = jax.eval_shape(init_ewc_state, params["backbone"])
+        return S.abstract_with_sharding({"train": state, "ewc": ewc}, self.repl)
+
+    # ---------------------------------------------------------------- EWC
+    def compute_ewc(self, state: TrainState, refresh_index: int) -> dict:
+        """Fisher (per-example CE gradients², BN in inference mode) and anchor at ``state``."""
+        cfg = self.config
+        images, labels = self.run.dataset.get_arrays("train")
+        n = min(cfg.ewc.fisher_examples, len(labels))
+        rng = np.random.default_rng([cfg.seed, 7, refresh_index])
+        idx = np.sort(rng.choice(len(labels), size=n, replace=False))
+        x = self.run.dataset.normalize(images[idx])
+        y = labels[idx].astype(np.int32)
+        bs = max(cfg.ewc.chunk_size, 64)
+        batches = [{"image": x[i : i + bs], "label": y[i : i + bs]} for i in range(0, n, bs)]
+        fisher = losses.fisher_diagonal(
+            self._fisher_loss,
+            state.params["backbone"],
+            batches,
+            chunk_size=cfg.ewc.chunk_size,
+            extra_args=(state.batch_stats,),
+        )
+        anchor = jax.tree.map(jnp.copy, state.params["backbone"])
+        return jax.device_put({"anchor": anchor, "fisher": fisher}, self.repl)
+
+    # ---------------------------------------------------------------- eval
+    def evaluate(self, params, batch_stats, split: str | None = None) -> dict:
+        """Exact Top-1 and mean CE over a split (padded, masked last batch)."""
+        split = split or self.config.data.eval_split
+        sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+        for batch in self.run.dataset.eval_batches(split, batch_size=self.config.eval.batch_size):
+            out = self.eval_step(params["backbone"], batch_stats, S.global_batch(batch, self.mesh))
+            for k in sums:
+                sums[k] = sums[k] + out[k]
+        sums = jax.device_get(sums)
+        count = max(float(sums["count"]), 1.0)
+        return {
+            "top1": float(sums["correct"]) / count,
+            "loss": float(sums["loss"]) / count,
+            "num_examples": int(sums["count"]),
+        }
+
+
+def _check_workdir(ckpt: Checkpointer, run: Run, model_meta: dict) -> dict | None:
+    """Reads the latest checkpoint's meta and refuses a finished or incompatible run."""
+    meta = ckpt.read_meta()
+    if meta is None:
+        return None
+    cfg = run.config
+    if meta.get("model") != model_meta:
+        raise RunError(
+            f"workdir {ckpt.workdir} holds a checkpoint of another model "
+            f"({meta.get('model', {}).get('name')}, {meta.get('model', {}).get('num_classes')} "
+            f"classes); pass a new --workdir or the config it was trained with"
+        )
+    if meta.get("finished"):
+        raise RunError(
+            f"workdir {ckpt.workdir} already holds a finished run (step {meta['step']}); "
+            "pass a new --workdir (evaluate this one with python -m nm_hebb_jax.evaluate)"
+        )
+    if meta.get("method") != cfg.method or meta.get("dataset") != cfg.data.name:
+        raise RunError(
+            f"workdir {ckpt.workdir} holds a {meta.get('method')} run on {meta.get('dataset')}, "
+            f"not {cfg.method} on {cfg.data.name}; pass a new --workdir"
+        )
+    return meta
+
+
+class Preempted(Exception):
+    """The run stopped early on request after saving a checkpoint (relaunch to continue)."""
+
+
+def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
+    """Trains phase 1 then phase 2 and evaluates; resumes from ``workdir`` if it has a checkpoint.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` from ``configs/*.py``.
+      workdir: directory for checkpoints, TensorBoard events, config and provenance.
+      mesh: optional device mesh (default: all devices on a ``('data',)`` axis).
+
+    Returns:
+      Summary dict: validation metrics at the end of each phase, step counts, best Top-1, and the
+      number of compilations of each phase's step.
+
+    Raises:
+      RunError: bad input (one line, raised before anything is compiled or written).
+      NonFiniteError: a non-finite loss; the last good checkpoint is kept.
+      Preempted: ``config.debug.stop_after_step`` was reached (a checkpoint was saved).
+    """
+    run = build_run(config, mesh=mesh)
+    trainer = Trainer(run, workdir)
+    cfg = config
+    abstract_params, _ = trainer.abstract_variables()
+    model_meta = _model_meta(run, abstract_params["backbone"])
+    if cfg.init_from:
+        _check_init_from(cfg.init_from, model_meta)
+    os.makedirs(trainer.workdir, exist_ok=True)
+    ckpt = Checkpointer(trainer.workdir, keep=cfg.ckpt.keep)
+    try:
+        meta = _check_workdir(ckpt, run, model_meta)
+    except RunError:
+        ckpt.close()
+        raise
+    is_main = jax.process_index() == 0
+    writer = MetricWriter(trainer.workdir, enabled=is_main)
+    if is_main:
+        _write_config(trainer.workdir, cfg)
+        writer.append_jsonl("provenance.jsonl", provenance(cfg, run.mesh, resumed_from=meta))
+
+    ds = run.dataset
+    base = {
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "model": model_meta,
+        "data": {
+            "mean": [float(v) for v in ds.mean],
+            "std": [float(v) for v in ds.std],
+            "image_shape": list(ds.image_shape),
+            "class_names": list(ds.class_names),
+        },
+    }
+    summary: dict[str, Any] = {"steps": list(run.steps), "workdir": trainer.workdir}
+    best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
+    resume_phase = int(meta["phase"]) if meta else 1
+    state = ewc = None
+    try:
+        for phase in (1, 2):
+            if phase < resume_phase:
+                continue
+            plan, tx, step_fn, start, n = trainer.phase_setup(phase)
+            end = start + n
+            if meta is not None and phase == resume_phase:
+                tree, _ = ckpt.restore(trainer.abstract_state(tx, plan))
+                state, ewc = tree["train"], tree["ewc"]
+                logging.info(
+                    "resumed %s at step %d (phase %d)", trainer.workdir, int(state.step), phase
+                )
+                if int(state.step) >= end:  # this phase had ended: go on with the next one
+                    summary[f"phase{phase}"] = meta.get("val")
+                    continue
+            else:
+                if state is None:
+                    params, batch_stats = trainer.init_variables()
+                    if cfg.init_from:
+                        params, batch_stats = _init_from(trainer, params, batch_stats)
+                else:
+                    params, batch_stats = state.params, state.batch_stats
+                state = trainer.make_state(params, batch_stats, start, tx, plan)
+                if phase == 2 and plan.uses_ewc:
+                    ewc = trainer.compute_ewc(state, refresh_index=1_000_000)
+                else:
+                    ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
+            state, ewc, best_top1, val = _run_phase(
+                trainer, ckpt, writer, plan, step_fn, state, ewc, start, end, best_top1, base
+            )
+            summary[f"phase{phase}"] = val
+            _save(
+                ckpt,
+                state,
+                ewc,
+                {
+                    **base,
+                    "phase": phase,
+                    "step": int(state.step),
+                    "best_top1": best_top1,
+                    "finished": phase == 2,
+                    "val": val,
+                },
+            )
+    finally:
+        writer.close()
+        ckpt.close()
+    summary["best_top1"] = best_top1
+    summary["compilations"] = {k: f._cache_size() for k, f in trainer.compiled.items()}
+    summary["final_step"] = int(state.step)
+    return summary
+
+
+def _check_init_from(path: str, model_meta: dict) -> None:
+    """One-line RunError unless ``path`` holds a checkpoint of the same model."""
+    src = Checkpointer(os.path.expanduser(path), read_only=True)
+    try:
+        meta = src.read_meta()
+    finally:
+        src.close()
+    if meta is None:
+        raise RunError(f"init_from {path!r} holds no checkpoint; pass a workdir of a trained run")
+    other = meta.get("model", {})
+    if other.get("signature") != model_meta["signature"]:
+        raise RunError(
+            f"init_from {path!r} is a checkpoint of another model ({other.get('name')}, "
+            f"{other.get('num_classes')} classes); use a {model_meta['name']} run with the same "
+            "overrides and number of classes"
+        )
+
+
+def _init_from(trainer: Trainer, params, batch_stats):
+    """Backbone params and batch statistics from ``config.init_from`` (checked beforehand)."""
+    loaded, loaded_bs, _ = restore_params_only(trainer.config.init_from, sharding=trainer.repl)
+    return {**params, "backbone": loaded["backbone"]}, loaded_bs
+
+
+def _save(ckpt: Checkpointer, state, ewc, meta: dict, *, best: bool = False) -> None:
+    ckpt.save(int(state.step), {"train": state, "ewc": ewc}, meta, best=best)
+
+
+def _write_config(workdir: str, cfg) -> None:
+    path = os.path.join(workdir, "config.json")
+    text = cfg.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(workdir, f"config.{stamp}.json")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _run_phase(trainer, ckpt, writer, plan, step_fn, state, ewc, start, end, best_top1, base):
+    """The loop of one phase, from ``state.step`` to ``end``."""
+    cfg = trainer.config
+    ds = trainer.run.dataset
+    refresh = max(int(round(cfg.ewc.refresh_epochs * trainer.spe)), 1)
+    pending: list[tuple[int, dict]] = []
+    t0 = time.time()
+    progress = writer.progress(
+        total=trainer.run.total_steps,
+        initial=int(state.step),
+        desc=f"phase {plan.phase}",
+        enabled=cfg.log.progress,
+    )
+
+    def flush():
+        nonlocal t0
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched, strict=True):
+            if not bool(m["finite"]) and not cfg.skip_nonfinite:
+                bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+                raise NonFiniteError(
+                    f"non-finite loss at step {s} ({', '.join(sorted(bad))}); the last good "
+                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.workdir}; lower "
+                    "--config.optim.base_lr or set --config.skip_nonfinite=True"
+                )
+        last_step = pending[-1][0]
+        mean = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1]}
+        dt = time.time() - t0
+        mean["steps_per_s"] = len(fetched) / max(dt, 1e-9)
+        t0 = time.time()
+        record = {f"train/{k}": v for k, v in mean.items()}
+        writer.scalars(last_step + 1, record)
+        progress.update(len(fetched), loss=mean["loss"], top1=mean["top1"])
+        pending.clear()
+
+    step = int(state.step)
+    while step < end:
+        t = step - start
+        if plan.phase == 1 and plan.uses_ewc and t > 0 and t % refresh == 0:
+            ewc = trainer.compute_ewc(state, t // refresh)
+        batch = ds.train_batch(
+            step,
+            batch_size=cfg.batch_size,
+            augment=cfg.data.augment,
+            balanced=plan.balanced,
+            k_per_class=cfg.phase2.k_per_class,
+        )
+        if step == cfg.debug.nan_at_step:
+            batch = {**batch, "image": batch["image"] * np.float32("nan")}
+        state, metrics = step_fn(state, ewc, S.global_batch(batch, trainer.mesh))
+        pending.append((step, metrics))
+        step += 1
+        done = step == end
+        if step % cfg.log.every_steps == 0 or done:
+            flush()
+        if step % cfg.log.eval_every_steps == 0 and not done:
+            flush()
+            val = trainer.evaluate(state.params, state.batch_stats)
+            writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
+            if val["top1"] > best_top1:
+                best_top1 = val["top1"]
+                _save(
+                    ckpt,
+                    state,
+                    ewc,
+                    {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, "val": val},
+                    best=True,
+                )
+        if step % cfg.ckpt.every_steps == 0 and not done:
+            flush()
+            _save(
+                ckpt,
+                state,
+                ewc,
+                {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
+            )
+        if step == cfg.debug.stop_after_step and not done:
+            flush()
+            _save(
+                ckpt,
+                state,
+                ewc,
+                {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
+            )
+            raise Preempted(
+                f"stopped after step {step} (debug.stop_after_step); relaunch to resume"
+            )
+    flush()
+    progress.close()
+    val = trainer.evaluate(state.params, state.batch_stats)
+    writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
+    if val["top1"] > best_top1:
+        best_top1 = val["top1"]
+        _save(
+            ckpt,
+            state,
+            ewc,
+            {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, "val": val},
+            best=True,
+        )
+    return state, ewc, best_top1, val

@@ -1,0 +1,161 @@
+"""Metric writing: TensorBoard event files, a JSON-lines log, a console progress bar, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+import jax
+from absl import logging
+
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-datasets",
+    "ml-collections",
+    "chex",
+    "numpy",
+    "scikit-learn",
+)
+
+
+class _NoProgress:
+    def update(self, n=1, **kw):
+        del n, kw
+
+    def close(self):
+        pass
+
+
+class _Progress:
+    """tqdm bar with steps/s and ETA; loss/top1 in the postfix."""
+
+    def __init__(self, total, initial, desc):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def update(self, n=1, **kw):
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in kw.items()}, refresh=False)
+        self.bar.update(n)
+
+    def close(self):
+        self.bar.close()
+
+
+class MetricWriter:
+    """Writes scalars to ``workdir/tb`` (TensorBoard) and ``workdir/metrics.jsonl``.
+
+    Only the main process writes (``enabled``); the others get no-ops.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.workdir = workdir
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Logs ``{name: float}`` at ``step`` (TensorBoard, JSON lines, absl log)."""
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+        self.append_jsonl("metrics.jsonl", {"step": int(step), **values})
+        short = ", ".join(
+            f"{k}={v:.4g}"
+            for k, v in sorted(values.items())
+            if k.split("/")[-1] in ("loss", "top1", "gate", "lr", "steps_per_s")
+        )
+        logging.info("step %d: %s", step, short)
+
+    def append_jsonl(self, name: str, record: dict) -> None:
+        """Appends one JSON record to ``workdir/name``."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, name), "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+    def progress(self, *, total: int, initial: int, desc: str, enabled: bool = True):
+        """A progress bar (or a no-op when disabled or not the main process)."""
+        if not (enabled and self.enabled):
+            return _NoProgress()
+        return _Progress(total, initial, desc)
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+def git_commit() -> str:
+    """The package's git commit (with ``-dirty``), or ``'unknown'`` outside a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict:
+    """Installed versions of the packages the results depend on."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(config, mesh=None, *, resumed_from: dict | None = None) -> dict:
+    """What produced a run: commit, versions, devices, seed, host, command line, time."""
+    devices = jax.devices()
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind,
+        "process_count": jax.process_count(),
+        "mesh": dict(mesh.shape) if mesh is not None else None,
+        "seed": int(config.seed),
+        "host": socket.gethostname(),
+        "argv": list(sys.argv),
+        "resumed_from_step": None if not resumed_from else resumed_from.get("step"),
+    }
