@@ -166,7 +166,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.phase1.num_steps = 6
     c.phase2.num_steps = 4
-    c.nm.hyper_every = 2
+    c.nm.hyper_every = 3
     c.ewc.fisher_examples = 32
     c.ewc.refresh_epochs = 0.1
     c.log.every_steps = 2

@@ -36,7 +36,12 @@ from nm_hebb_jax.train.state import (
     make_optimizer,
     make_schedule,
 )
-from nm_hebb_jax.train.steps import make_eval_step, make_fisher_fn, make_train_step
+from nm_hebb_jax.train.steps import (
+    make_eval_step,
+    make_fisher_fn,
+    make_train_step,
+    uses_hyper_step,
+)
 from nm_hebb_jax.train.writer import MetricWriter, provenance
 
 PyTree = Any
@@ -186,7 +191,11 @@ class Trainer:
         return jax.eval_shape(self._init_fn, jax.random.key(self.config.seed))
 
     def phase_setup(self, phase: int):
-        """Plan, schedule, optimiser and the jitted step of one phase (compiled on first call)."""
+        """Plan, optimiser and the phase's compiled steps (each compiled once, on first use).
+
+        Returns ``(plan, tx, step_for, start, num_steps)`` where ``step_for(global_step)`` is the
+        jitted step to run (the hypergradient variant on its steps, else the plain one).
+        """
         cfg, run = self.config, self.run
         plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
         n = run.steps[phase - 1]
@@ -195,10 +204,7 @@ class Trainer:
         warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
         schedule = make_schedule(lr, n, warmup)
         tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
-        step = make_train_step(
-            plan.objective,
-            tx,
-            schedule,
+        kwargs = dict(
             phase_start=start,
             gate_mode=plan.gate_mode,
             neuromod=self.neuromod,
@@ -209,14 +215,29 @@ class Trainer:
             skip_nonfinite=cfg.skip_nonfinite,
         )
         donate = (0,) if jax.default_backend() != "cpu" else ()
-        jitted = jax.jit(
-            step,
-            in_shardings=(self.repl, self.repl, S.data_sharded(self.mesh)),
-            out_shardings=(self.repl, self.repl),
-            donate_argnums=donate,
-        )
-        self.compiled[f"phase{phase}"] = jitted
-        return plan, tx, jitted, start, n
+
+        def compile_(hyper_step):
+            return jax.jit(
+                make_train_step(plan.objective, tx, schedule, hyper_step=hyper_step, **kwargs),
+                in_shardings=(self.repl, self.repl, S.data_sharded(self.mesh)),
+                out_shardings=(self.repl, self.repl),
+                donate_argnums=donate,
+            )
+
+        plain = compile_(False)
+        self.compiled[f"phase{phase}"] = plain
+        hyper = None
+        if plan.gate_mode == "hypergradient":
+            hyper = compile_(True)
+            self.compiled[f"phase{phase}_hyper"] = hyper
+
+        def step_for(step: int):
+            """The compiled step to run at global step ``step``."""
+            if hyper is not None and uses_hyper_step(step - start, cfg.nm.hyper_every):
+                return hyper
+            return plain
+
+        return plan, tx, step_for, start, n
 
     def make_state(self, params, batch_stats, step: int, tx, plan) -> TrainState:
         """A fresh phase state (new optimiser state) from params, replicated over the mesh."""
@@ -378,7 +399,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
         for phase in (1, 2):
             if phase < resume_phase:
                 continue
-            plan, tx, step_fn, start, n = trainer.phase_setup(phase)
+            plan, tx, step_for, start, n = trainer.phase_setup(phase)
             end = start + n
             if meta is not None and phase == resume_phase:
                 tree, _ = ckpt.restore(trainer.abstract_state(tx, plan))
@@ -402,7 +423,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                 else:
                     ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
             state, ewc, best_top1, val = _run_phase(
-                trainer, ckpt, writer, plan, step_fn, state, ewc, start, end, best_top1, base
+                trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base
             )
             summary[f"phase{phase}"] = val
             _save(
@@ -468,7 +489,7 @@ def _write_config(workdir: str, cfg) -> None:
         f.write(text)
 
 
-def _run_phase(trainer, ckpt, writer, plan, step_fn, state, ewc, start, end, best_top1, base):
+def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base):
     """The loop of one phase, from ``state.step`` to ``end``."""
     cfg = trainer.config
     ds = trainer.run.dataset
@@ -519,7 +540,7 @@ def _run_phase(trainer, ckpt, writer, plan, step_fn, state, ewc, start, end, bes
         )
         if step == cfg.debug.nan_at_step:
             batch = {**batch, "image": batch["image"] * np.float32("nan")}
-        state, metrics = step_fn(state, ewc, S.global_batch(batch, trainer.mesh))
+        state, metrics = step_for(step)(state, ewc, S.global_batch(batch, trainer.mesh))
         pending.append((step, metrics))
         step += 1
         done = step == end
