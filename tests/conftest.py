@@ -7,3 +7,17 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One uninterrupted run of ``configs/quickstart.py:smoke`` (4 simulated CPU devices)."""
+    from nm_hebb_jax.train.loop import train_and_evaluate
+    from tests.util import load_config
+
+    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    config = load_config("quickstart")
+    summary = train_and_evaluate(config, workdir)
+    return config, workdir, summary

@@ -1,11 +1,9 @@
 """The two-phase trainer on the smoke config: compile once, resume, devices, bad input, NaN."""
 
-import importlib.util
 import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -21,32 +19,9 @@ from nm_hebb_jax.train.loop import (
     build_run,
     train_and_evaluate,
 )
+from tests.util import ROOT, assert_trees_close, load_config, restore_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("cifar10", "cifar100", "tinyimagenet", "quickstart")
-
-
-def load_config(name: str, arg: str | None = "smoke") -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def restore_params(workdir):
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        tree, meta = ckpt.restore_raw(sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    finally:
-        ckpt.close()
-    return tree["train"]["params"], meta
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -91,15 +66,6 @@ def test_every_method_traces_both_phases(method):
         for key in ("loss", "lr", "grad_norm", "top1"):
             assert key in metrics
     assert M.method_terms(c, 1) == M.METHOD_TERMS[method][0]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One uninterrupted smoke run on the default mesh (4 simulated CPU devices)."""
-    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
-    config = load_config("quickstart")
-    summary = train_and_evaluate(config, workdir)
-    return config, workdir, summary
 
 
 @pytest.mark.slow

@@ -111,7 +111,12 @@ class LoadedRun:
         return np.asarray(collect_taps(state["intermediates"], (layer,))[layer][1], np.float32)
 
     def tap_statistics(self, images, labels, layers) -> dict:
-        """Kernels and class-mean activations of the tapped ``layers`` over ``images``."""
+        """Kernels and class-mean activations of the tapped ``layers`` over ``images``.
+
+        Activations are clamped at 0 before averaging: the class selectivity index (Morcos et al.
+        2018) is defined for non-negative (post-ReLU) responses; with the default ``'post'`` tap
+        of a ReLU layer this changes nothing, with ``'pre'`` it selects the rectified response.
+        """
         model = self.model.clone(hebb_layers=tuple(layers))
         fn = jax.jit(
             lambda v, x: collect_taps(
@@ -127,7 +132,8 @@ class LoadedRun:
         for x, real in self._batches(images):
             taps = fn(self.variables, jnp.asarray(x))
             for name, (act, kernel) in taps.items():
-                acc[name].update(np.asarray(act, np.float32)[:real], labels[start : start + real])
+                rectified = np.maximum(np.asarray(act, np.float32)[:real], 0.0)
+                acc[name].update(rectified, labels[start : start + real])
                 kernels[name] = np.asarray(kernel, np.float32)
             start += real
         return {name: (kernels[name], acc[name].result()) for name in layers}

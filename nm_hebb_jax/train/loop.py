@@ -517,7 +517,9 @@ def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, be
                     "--config.optim.base_lr or set --config.skip_nonfinite=True"
                 )
         last_step = pending[-1][0]
-        mean = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1]}
+        mean = {
+            k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1] if k != "finite"
+        }
         dt = time.time() - t0
         mean["steps_per_s"] = len(fetched) / max(dt, 1e-9)
         t0 = time.time()

@@ -1,0 +1,114 @@
+"""Evaluation CLI and notebook API on a finished smoke run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nm_hebb_jax
+from nm_hebb_jax.eval.run import LoadError
+from nm_hebb_jax.evaluate import evaluate_workdir
+from tests.util import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _snapshot(workdir):
+    out = {}
+    for sub in ("checkpoints", "best", "tb"):
+        for root, _, files in os.walk(os.path.join(workdir, sub)):
+            for f in files:
+                path = os.path.join(root, f)
+                out[path] = os.path.getmtime(path)
+    return out
+
+
+def test_evaluate_matches_training_and_writes_pictures(smoke_run):
+    config, workdir, summary = smoke_run
+    before = _snapshot(workdir)
+    out = evaluate_workdir(workdir)
+    # Exact over the whole split: the same Top-1 as the trainer's end-of-phase-2 evaluation.
+    assert out["num_examples"] == config.data.val_size
+    assert out["top1"] == pytest.approx(summary["phase2"]["top1"], abs=1e-9)
+    for key in (
+        "nmi",
+        "knn_top1",
+        "filters/filter_redundancy",
+        "filters/class_selectivity_mean",
+        "filters/dead_channel_fraction",
+    ):
+        assert 0.0 <= out[key] <= 1.0, key
+    assert out["step"] == summary["final_step"] and out["provenance"]["git_commit"]
+    outdir = os.path.join(workdir, "eval", f"val_step{out['step']}")
+    for name in ("tsne.png", "filters_first_layer.png", "training_curves.png"):
+        with Image.open(os.path.join(outdir, name)) as im:
+            assert min(im.size) > 100
+    assert json.load(open(os.path.join(outdir, "results.json")))["top1"] == out["top1"]
+    assert _snapshot(workdir) == before  # training artifacts untouched
+
+
+def test_evaluate_any_npz_split_best_and_step(smoke_run, tmp_path):
+    _, workdir, summary = smoke_run
+    rng = np.random.default_rng(0)
+    n = 37  # not a multiple of the eval batch: exercises the padded, masked last batch
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    path = tmp_path / "held_out.npz"
+    np.savez(path, x_test=images, y_test=labels)
+    out = evaluate_workdir(workdir, data=str(path), split="test", make_plots=False)
+    assert out["num_examples"] == n and out["split"] == "test"
+    run = nm_hebb_jax.load_run(workdir)
+    np.testing.assert_allclose(out["top1"], np.mean(run.predict(images) == labels))
+    best = evaluate_workdir(workdir, best=True, make_plots=False)
+    assert best["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    early = evaluate_workdir(workdir, step=steps[0], make_plots=False)
+    assert early["step"] == steps[0]
+    with pytest.raises(LoadError, match="no checkpoint at step 999") as e:
+        evaluate_workdir(workdir, step=999)
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "small.npz", x_test=images[:, :16, :16], y_test=labels)
+    with pytest.raises(LoadError, match="trained on"):
+        evaluate_workdir(workdir, data=str(tmp_path / "small.npz"), split="test")
+
+
+def test_load_run_api(smoke_run):
+    config, workdir, _ = smoke_run
+    run = nm_hebb_jax.load_run(workdir)
+    images, labels = run.dataset.get_arrays("val")
+    z = run.embed(images[:5])
+    assert z.shape[0] == 5 and z.ndim == 2 and np.all(np.isfinite(z))
+    pred = run.predict(images[:5])
+    assert pred.shape == (5,) and pred.dtype.kind == "i"
+    metrics = run.evaluate()
+    assert metrics["num_examples"] == config.data.val_size
+    with pytest.raises(LoadError, match="does not exist"):
+        nm_hebb_jax.load_run("/no/such/run")
+
+
+def test_cli_prints_json_last(smoke_run):
+    _, workdir, _ = smoke_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "nm_hebb_jax.evaluate", f"--workdir={workdir}", "--noplots"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"top1", "nmi", "knn_top1", "num_examples", "step", "provenance"} <= set(last)
+    bad = subprocess.run(
+        [sys.executable, "-m", "nm_hebb_jax.evaluate", "--workdir=/no/such/run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: workdir /no/such/run")
