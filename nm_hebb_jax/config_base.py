@@ -53,7 +53,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.val_size = 5000
     c.data.val_seed = 0
-    c.data.eval_split = "val"
     c.data.augment = True
     c.data.label_key = ""
     c.data.image_size = 32
@@ -129,12 +128,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ckpt.keep = 3
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.split = "val"  # what is evaluated: the carved "val", or "test" when the data has it
     c.eval.batch_size = 256
     c.eval.knn_k = 20
     c.eval.knn_bank = 10000
     c.eval.nmi_restarts = 10
     c.eval.tsne_points = 2000
     return c
+
+
+def data_config(config) -> ml_collections.ConfigDict:
+    """``config.data`` plus ``eval_split = config.eval.split``: what the data builder reads."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.eval_split = config.eval.split
+    return data
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

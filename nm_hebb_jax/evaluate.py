@@ -51,7 +51,7 @@ def evaluate_workdir(
             )
         results = run.evaluate((images, labels))
     else:
-        split = split or run.config.data.eval_split
+        split = split or run.config.eval.split
         results = run.evaluate(split=split)
     emb, labels = results.pop("_embeddings"), results.pop("_labels")
     outdir = os.path.join(run.workdir, "eval", f"{split}_step{run.step}")

@@ -189,6 +189,9 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     c.data.path = str(bad)
     cases.append((c, "bad.npz"))
     c = load_config("quickstart")
+    c.data.source, c.data.name = "tfds", "imagenet9"
+    cases.append((c, "imagenet9"))
+    c = load_config("quickstart")
     c.hebb.layers = ("stage9/conv7",)
     cases.append((c, "stage9"))
     c = load_config("quickstart")
@@ -204,6 +207,26 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         msg = str(e.value)
         assert needle in msg and "\n" not in msg, msg
         assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_another_runs_parameters(smoke_run, tmp_path):
+    _, source, _ = smoke_run
+    src_params, _ = restore_params(source)
+    c = load_config("quickstart", "smoke,phase2_only")
+    c.init_from = source
+    c.phase1.num_steps = 0
+    c.phase2.num_steps = 0
+    summary = train_and_evaluate(c, str(tmp_path / "ft"))
+    assert summary["final_step"] == 0
+    params, meta = restore_params(str(tmp_path / "ft"))
+    assert meta["finished"]
+    assert_trees_close(params["backbone"], src_params["backbone"], rtol=0, atol=0)
+    other = load_config("quickstart", "smoke,vgg11")
+    other.init_from = source
+    with pytest.raises(RunError, match="another model"):
+        train_and_evaluate(other, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ class LoadedRun:
         """
         cfg = self.config
         if data is None:
-            split = split or cfg.data.eval_split
+            split = split or cfg.eval.split
             images, labels = self.dataset.get_arrays(split)
         else:
             images, labels = data
@@ -198,9 +198,10 @@ class LoadedRun:
 
     @cached_property
     def dataset(self):
+        from nm_hebb_jax.config_base import data_config
         from nm_hebb_jax.data import build_dataset
 
-        return build_dataset(self.config.data, seed=self.config.seed)
+        return build_dataset(data_config(self.config), seed=self.config.seed)
 
 
 def load_run(workdir: str, *, step: int | None = None, best: bool = False) -> LoadedRun:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from nm_hebb_jax import losses
-from nm_hebb_jax.config_base import METHODS
+from nm_hebb_jax.config_base import METHODS, data_config
 from nm_hebb_jax.data import build_dataset
 from nm_hebb_jax.models import get_model, validate_hebb_layers
 from nm_hebb_jax.neuromod import Neuromodulator
@@ -97,7 +97,7 @@ def build_run(config, *, mesh=None) -> Run:
     try:
         S.check_batch_size(config.batch_size, mesh)
         dataset = build_dataset(
-            config.data,
+            data_config(config),
             seed=config.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
@@ -298,7 +298,7 @@ class Trainer:
     # ---------------------------------------------------------------- eval
     def evaluate(self, params, batch_stats, split: str | None = None) -> dict:
         """Exact Top-1 and mean CE over a split (padded, masked last batch)."""
-        split = split or self.config.data.eval_split
+        split = split or self.config.eval.split
         sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
         for batch in self.run.dataset.eval_batches(split, batch_size=self.config.eval.batch_size):
             out = self.eval_step(params["backbone"], batch_stats, S.global_batch(batch, self.mesh))
