@@ -61,7 +61,9 @@ def main():
     g_r = regularizer_grad(plan.objective)
     top = jax.jit(lambda p: g_r(p, obj_state, batch, rng))
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    cond = jax.jit(lambda p, c: jax.lax.cond(c, lambda: g_r(p, obj_state, batch, rng), lambda: zeros))
+    cond = jax.jit(
+        lambda p, c: jax.lax.cond(c, lambda: g_r(p, obj_state, batch, rng), lambda: zeros)
+    )
     fns = {
         "plain_step": lambda: plain(state, ewc, batch),
         "hyper_step": lambda: hyper(state, ewc, batch),
@@ -85,7 +87,9 @@ def main():
         "hyper_over_plain": med["hyper_step"] / med["plain_step"],
         "cond_over_top_level": med["g_R_in_cond"] / med["g_R_top_level"],
         "mean_phase1_overhead_at_hyper_every": (2 * med["hyper_step"] + (k - 2) * med["plain_step"])
-        / (k * med["plain_step"]) if k > 2 else med["hyper_step"] / med["plain_step"],
+        / (k * med["plain_step"])
+        if k > 2
+        else med["hyper_step"] / med["plain_step"],
         "hyper_every": k,
     }
     print(json.dumps(out, indent=2))
