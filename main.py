@@ -7,6 +7,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nm_hebb_jax.train.distributed import maybe_initialize
 from nm_hebb_jax.train.loop import NonFiniteError, Preempted, RunError, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -21,6 +22,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    if "distributed" in FLAGS.config:
+        maybe_initialize(FLAGS.config)
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except RunError as e:

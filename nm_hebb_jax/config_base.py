@@ -36,9 +36,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
     c.skip_nonfinite = False  # True: skip updates whose loss/grad is non-finite instead of stopping
 
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = False  # True: jax.distributed.initialize() (TPU VMs auto-detect)
+    c.distributed.coordinator_address = ""  # 'host:port' to give the coordinator explicitly
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    c.distributed.timeout_s = 300
+
     c.debug = ml_collections.ConfigDict()
     c.debug.nan_at_step = -1  # test hook: feed a NaN batch at this step
-    c.debug.stop_after_step = -1  # test hook: save and stop (as if preempted) after this step
+    c.debug.sigterm_at_step = -1  # test hook: send this process SIGTERM at this step
+    c.debug.kill_at_step = -1  # test hook: SIGKILL this process at this step (no clean-up)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"

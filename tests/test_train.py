@@ -112,7 +112,7 @@ def test_resume_after_stop_equals_uninterrupted(smoke_run, tmp_path):
     other = str(tmp_path / "resumed")
     for stop in (3, 8):  # once in phase 1, once in phase 2
         c = load_config("quickstart")
-        c.debug.stop_after_step = stop
+        c.debug.sigterm_at_step = stop
         with pytest.raises(Preempted):
             train_and_evaluate(c, other)
     summary = train_and_evaluate(load_config("quickstart"), other)

@@ -9,11 +9,16 @@ sharded target) and ``meta`` (JSON: phase, step, model, method, dataset, metrics
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 PyTree = Any
 
@@ -33,7 +38,12 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
         self.workdir = os.path.abspath(os.path.expanduser(workdir))
-        opts = dict(create=not read_only, read_only=read_only, enable_async_checkpointing=False)
+        opts = dict(
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only,  # leftovers of a save killed midway
+        )
         self.latest = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
@@ -57,7 +67,12 @@ class Checkpointer:
         return self.best.latest_step() if self.best is not None else None
 
     def save(self, step: int, tree: PyTree, meta: dict, *, best: bool = False) -> None:
-        """Saves ``tree`` and ``meta`` at ``step`` (blocking); to ``best/`` when ``best``."""
+        """Saves ``tree`` and ``meta`` at ``step`` (blocking); to ``best/`` when ``best``.
+
+        ``meta['fingerprint']`` gets a SHA-256 of the tree's bytes, checked on restore, so a
+        damaged checkpoint that still parses is never restored silently.
+        """
+        meta = {**meta, "fingerprint": fingerprint(tree)}
         mngr = self.best if best else self.latest
         if step in mngr.all_steps():  # e.g. a phase that ends where a periodic save just happened
             mngr.delete(step)
@@ -116,6 +131,56 @@ class Checkpointer:
         )
         return out.state, out.meta
 
+    def restore_latest_good(
+        self, make_abstract: Callable[[dict], PyTree], check_meta: Callable[[dict], None]
+    ):
+        """Restores the newest readable, intact regular checkpoint, falling back step by step.
+
+        Args:
+          make_abstract: ``meta -> abstract tree`` (the target depends on the checkpoint's phase).
+          check_meta: called on each candidate's meta before its state is read; its exceptions
+            (e.g. "checkpoint of another model") propagate, they are not treated as damage.
+
+        Returns:
+          ``(tree, meta, step)``, or ``None`` when the workdir has no checkpoint.
+
+        Raises:
+          CorruptCheckpointError: checkpoints exist but none can be restored.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any read failure means a damaged checkpoint
+                failures.append(self._warn_bad(step, e))
+                continue
+            check_meta(meta)
+            try:
+                tree, meta = self.restore(make_abstract(meta), step)
+                if "fingerprint" in meta and fingerprint(tree) != meta["fingerprint"]:
+                    raise CorruptCheckpointError("content does not match its fingerprint")
+            except Exception as e:  # noqa: BLE001
+                failures.append(self._warn_bad(step, e))
+                continue
+            return tree, meta, step
+        if failures:
+            raise CorruptCheckpointError(
+                f"no readable checkpoint in {self.latest.directory} (steps {steps} are damaged); "
+                "move the workdir aside and start a new run"
+            )
+        return None
+
+    def _warn_bad(self, step: int, error: Exception) -> str:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        msg = (
+            f"checkpoint step {step} in {self.latest.directory} is damaged or unreadable "
+            f"({type(error).__name__}: {first}); falling back to the previous checkpoint"
+        )
+        logging.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return msg
+
     def all_steps(self) -> list[int]:
         """Steps of the regular checkpoints."""
         return list(self.latest.all_steps())
@@ -126,6 +191,23 @@ class Checkpointer:
             if m is not None:
                 m.wait_until_finished()
                 m.close()
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint of a workdir could be restored intact."""
+
+
+def fingerprint(tree: PyTree) -> str:
+    """SHA-256 over the bytes, shapes and dtypes of a pytree's leaves (process-local copy)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)  # replicated state: every copy is the same
+        arr = np.asarray(leaf)
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str((arr.shape, arr.dtype.str)).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def restore_params_only(

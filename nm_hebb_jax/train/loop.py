@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -27,7 +29,12 @@ from nm_hebb_jax.models import get_model, validate_hebb_layers
 from nm_hebb_jax.neuromod import Neuromodulator
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
-from nm_hebb_jax.train.checkpoint import Checkpointer, restore_params_only, tree_signature
+from nm_hebb_jax.train.checkpoint import (
+    Checkpointer,
+    CorruptCheckpointError,
+    restore_params_only,
+    tree_signature,
+)
 from nm_hebb_jax.train.state import (
     TrainState,
     init_ewc_state,
@@ -197,13 +204,9 @@ class Trainer:
         jitted step to run (the hypergradient variant on its steps, else the plain one).
         """
         cfg, run = self.config, self.run
-        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
+        plan, tx, schedule = self.plan_and_tx(phase)
         n = run.steps[phase - 1]
         start = 0 if phase == 1 else run.steps[0]
-        lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
-        warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
-        schedule = make_schedule(lr, n, warmup)
-        tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
         kwargs = dict(
             phase_start=start,
             gate_mode=plan.gate_mode,
@@ -239,6 +242,17 @@ class Trainer:
 
         return plan, tx, step_for, start, n
 
+    def plan_and_tx(self, phase: int):
+        """``(plan, tx, schedule)`` of a phase (nothing is compiled)."""
+        cfg, run = self.config, self.run
+        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
+        n = run.steps[phase - 1]
+        lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
+        warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
+        schedule = make_schedule(lr, n, warmup)
+        tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
+        return plan, tx, schedule
+
     def make_state(self, params, batch_stats, step: int, tx, plan) -> TrainState:
         """A fresh phase state (new optimiser state) from params, replicated over the mesh."""
         key_data = jax.random.key_data(jax.random.key(self.config.seed + 1))
@@ -255,6 +269,11 @@ class Trainer:
             )
 
         return jax.jit(build, out_shardings=self.repl)(params, batch_stats)
+
+    def abstract_state_of_phase(self, phase: int):
+        """Abstract ``{'train', 'ewc'}`` tree of a phase's checkpoint (restore target)."""
+        plan, tx, _ = self.plan_and_tx(phase)
+        return self.abstract_state(tx, plan)
 
     def abstract_state(self, tx, plan) -> TrainState:
         params, bs = self.abstract_variables()
@@ -313,33 +332,70 @@ class Trainer:
         }
 
 
-def _check_workdir(ckpt: Checkpointer, run: Run, model_meta: dict) -> dict | None:
-    """Reads the latest checkpoint's meta and refuses a finished or incompatible run."""
-    meta = ckpt.read_meta()
-    if meta is None:
-        return None
+def _check_meta(meta: dict, workdir: str, run: Run, model_meta: dict) -> None:
+    """Refuses to resume a finished run or a checkpoint of another model, method or dataset."""
     cfg = run.config
     if meta.get("model") != model_meta:
         raise RunError(
-            f"workdir {ckpt.workdir} holds a checkpoint of another model "
+            f"workdir {workdir} holds a checkpoint of another model "
             f"({meta.get('model', {}).get('name')}, {meta.get('model', {}).get('num_classes')} "
             f"classes); pass a new --workdir or the config it was trained with"
         )
     if meta.get("finished"):
         raise RunError(
-            f"workdir {ckpt.workdir} already holds a finished run (step {meta['step']}); "
+            f"workdir {workdir} already holds a finished run (step {meta['step']}); "
             "pass a new --workdir (evaluate this one with python -m nm_hebb_jax.evaluate)"
         )
     if meta.get("method") != cfg.method or meta.get("dataset") != cfg.data.name:
         raise RunError(
-            f"workdir {ckpt.workdir} holds a {meta.get('method')} run on {meta.get('dataset')}, "
+            f"workdir {workdir} holds a {meta.get('method')} run on {meta.get('dataset')}, "
             f"not {cfg.method} on {cfg.data.name}; pass a new --workdir"
         )
-    return meta
 
 
 class Preempted(Exception):
     """The run stopped early on request after saving a checkpoint (relaunch to continue)."""
+
+
+class StopSignal:
+    """Turns SIGTERM (what a preempted TPU VM receives) into a request to save and stop.
+
+    Used as a context manager around training; installs the handler only in the main thread and
+    restores the previous one on exit. With several processes, :meth:`requested` combines the
+    flags of all processes (an all-gather of one int per step), so all stop at the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM,)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        """Whether any process received a stop signal."""
+        flag = self.received is not None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+            if flag and self.received is None:
+                self.received = "SIGTERM (another process)"
+        return flag
 
 
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
@@ -357,7 +413,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     Raises:
       RunError: bad input (one line, raised before anything is compiled or written).
       NonFiniteError: a non-finite loss; the last good checkpoint is kept.
-      Preempted: ``config.debug.stop_after_step`` was reached (a checkpoint was saved).
+      Preempted: SIGTERM received (a checkpoint was saved at the current step; relaunch).
     """
     run = build_run(config, mesh=mesh)
     trainer = Trainer(run, workdir)
@@ -369,10 +425,14 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     os.makedirs(trainer.workdir, exist_ok=True)
     ckpt = Checkpointer(trainer.workdir, keep=cfg.ckpt.keep)
     try:
-        meta = _check_workdir(ckpt, run, model_meta)
-    except RunError:
+        resumed = ckpt.restore_latest_good(
+            lambda meta: trainer.abstract_state_of_phase(int(meta["phase"])),
+            lambda meta: _check_meta(meta, ckpt.workdir, run, model_meta),
+        )
+    except (RunError, CorruptCheckpointError) as e:
         ckpt.close()
-        raise
+        raise RunError(str(e)) from e
+    meta = resumed[1] if resumed else None
     is_main = jax.process_index() == 0
     writer = MetricWriter(trainer.workdir, enabled=is_main)
     if is_main:
@@ -395,15 +455,16 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
     resume_phase = int(meta["phase"]) if meta else 1
     state = ewc = None
+    stop = StopSignal()
     try:
+        stop.__enter__()
         for phase in (1, 2):
             if phase < resume_phase:
                 continue
             plan, tx, step_for, start, n = trainer.phase_setup(phase)
             end = start + n
             if meta is not None and phase == resume_phase:
-                tree, _ = ckpt.restore(trainer.abstract_state(tx, plan))
-                state, ewc = tree["train"], tree["ewc"]
+                state, ewc = resumed[0]["train"], resumed[0]["ewc"]
                 logging.info(
                     "resumed %s at step %d (phase %d)", trainer.workdir, int(state.step), phase
                 )
@@ -423,7 +484,18 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                 else:
                     ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
             state, ewc, best_top1, val = _run_phase(
-                trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base
+                trainer,
+                ckpt,
+                writer,
+                plan,
+                step_for,
+                state,
+                ewc,
+                start,
+                end,
+                best_top1,
+                base,
+                stop,
             )
             summary[f"phase{phase}"] = val
             _save(
@@ -440,6 +512,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                 },
             )
     finally:
+        stop.__exit__(None, None, None)
         writer.close()
         ckpt.close()
     summary["best_top1"] = best_top1
@@ -489,7 +562,9 @@ def _write_config(workdir: str, cfg) -> None:
         f.write(text)
 
 
-def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base):
+def _run_phase(
+    trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base, stop
+):
     """The loop of one phase, from ``state.step`` to ``end``."""
     cfg = trainer.config
     ds = trainer.run.dataset
@@ -517,11 +592,13 @@ def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, be
                     "--config.optim.base_lr or set --config.skip_nonfinite=True"
                 )
         last_step = pending[-1][0]
+        skipped = sum(not bool(m["finite"]) for m in fetched)
         mean = {
             k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1] if k != "finite"
         }
         dt = time.time() - t0
         mean["steps_per_s"] = len(fetched) / max(dt, 1e-9)
+        mean["nonfinite_steps"] = float(skipped)
         t0 = time.time()
         record = {f"train/{k}": v for k, v in mean.items()}
         writer.scalars(last_step + 1, record)
@@ -544,6 +621,10 @@ def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, be
             batch = {**batch, "image": batch["image"] * np.float32("nan")}
         state, metrics = step_for(step)(state, ewc, S.global_batch(batch, trainer.mesh))
         pending.append((step, metrics))
+        if step == cfg.debug.kill_at_step:  # test hook: die without any clean-up
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == cfg.debug.sigterm_at_step:  # test hook: a real SIGTERM through the handler
+            os.kill(os.getpid(), signal.SIGTERM)
         step += 1
         done = step == end
         if step % cfg.log.every_steps == 0 or done:
@@ -569,7 +650,7 @@ def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, be
                 ewc,
                 {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
             )
-        if step == cfg.debug.stop_after_step and not done:
+        if not done and stop.requested():
             flush()
             _save(
                 ckpt,
@@ -578,7 +659,8 @@ def _run_phase(trainer, ckpt, writer, plan, step_for, state, ewc, start, end, be
                 {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
             )
             raise Preempted(
-                f"stopped after step {step} (debug.stop_after_step); relaunch to resume"
+                f"received {stop.received}: saved a checkpoint at step {step} in "
+                f"{ckpt.workdir}; relaunch the same command to resume"
             )
     flush()
     progress.close()
