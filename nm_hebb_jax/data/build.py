@@ -18,9 +18,9 @@ field               default      meaning
 ``augment``         ``True``     augmentation master switch
 ``label_key``       ``None``     ``None``/``''`` = the default: npz ``'y_{split}'`` (or e.g.
                                  ``'y_{split}_coarse'``); tfds ``'label'`` (or ``'coarse_label'``)
-``image_size``      ``None``     digits: output size (``None`` = 32); other sources: must be
-                                 ``None`` or equal the stored size (no resizing)
-``num_classes``     ``0``        C; 0 = from the class names / labels
+``image_size``      ``None``     digits: output size, 1..512 (``None`` = 32); other sources: must
+                                 be ``None`` or equal the stored size (no resizing)
+``num_classes``     ``0``        C, at most 1,000,000; 0 = from the class names / labels
 ``cache_dir``       ``None``     decoded-JPEG disk cache (``None`` = ``~/.cache/nm_hebb_jax``,
                                  ``''`` = off)
 ``norm_stats``      ``'auto'``   ``'auto'`` (published for cifar10/100, computed otherwise),
@@ -37,7 +37,7 @@ import numpy as np
 
 from nm_hebb_jax.data import digits as digits_lib
 from nm_hebb_jax.data import npz as npz_lib
-from nm_hebb_jax.data.dataset import Dataset, LazySplit
+from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES, Dataset, LazySplit
 from nm_hebb_jax.data.errors import DataError
 
 SOURCES = ("npz", "tfds", "digits")
@@ -91,6 +91,11 @@ def build_dataset(
     label_key = _field(data_config, "label_key", None)
     image_size = _field(data_config, "image_size", None)
     num_classes = int(_field(data_config, "num_classes", 0))
+    if not 0 <= num_classes <= MAX_NUM_CLASSES:
+        raise DataError(
+            f"data.num_classes={num_classes} must be in [0, {MAX_NUM_CLASSES}] "
+            "(0 = from the class names or labels)"
+        )
     common = dict(
         seed=seed,
         name=name,
@@ -160,12 +165,19 @@ def build_dataset(
         with npz_lib.open_npz(path) as npz:
             c = int(np.max(npz[info.label_key])) + 1
     sizes = npz_lib.npz_split_sizes(path)
+    eval_shape = None
     if eval_split not in ("val", "train", train_split):
         npz_lib.inspect_npz_split(path, eval_split, num_classes=c, **kwargs)
+        eval_shape = npz_lib.peek_image_size(path, eval_split)
     images, labels = npz_lib.load_npz_split(
         path, train_split, num_classes=c, cache_dir=cache_dir, **kwargs
     )
     _check_image_size(image_size, images.shape[1:], repr(path))
+    if eval_shape is not None and eval_shape != images.shape[1:3]:
+        raise DataError(
+            f"data.eval_split={eval_split!r} of {path!r} has {eval_shape[0]}x{eval_shape[1]} "
+            f"images, the training split {images.shape[1]}x{images.shape[2]}: use one image size"
+        )
 
     def lazy(split: str) -> LazySplit:
         def load():

@@ -36,6 +36,10 @@ _TAG_PERMUTATION = 0x7E12
 _TAG_BALANCED = 0xBA1A
 _TAG_VAL = 0x0C11
 
+# Largest number of classes a dataset may declare or imply (a label such as 10**12 would otherwise
+# make the per-class tables, the class names and the classifier unboundedly large).
+MAX_NUM_CLASSES = 1_000_000
+
 
 @dataclasses.dataclass(frozen=True)
 class LazySplit:
@@ -119,6 +123,10 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, what: str) -> Arrays:
         raise DataError(
             f"{what} has {images.shape[0]} images but labels of shape {labels.shape}: "
             "pass int labels [N]"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{what} labels have dtype {labels.dtype}, expected int: pass integer class ids"
         )
     if images.shape[0] == 0:
         raise DataError(f"{what} is empty (0 images): provide at least one image")
@@ -253,11 +261,17 @@ class Dataset:
         labels = np.asarray(labels)
         if class_names is not None:
             class_names = [str(c) for c in class_names]
+        lo, hi = int(labels.min()), int(labels.max())
         if num_classes <= 0:
-            num_classes = len(class_names) if class_names else int(labels.max()) + 1
-        if labels.min() < 0 or labels.max() >= num_classes:
+            num_classes = len(class_names) if class_names else hi + 1
+        if num_classes > MAX_NUM_CLASSES:
             raise DataError(
-                f"{name} training labels span [{labels.min()}, {labels.max()}], outside "
+                f"{name} has {num_classes} classes (labels up to {hi}), more than "
+                f"{MAX_NUM_CLASSES}: fix the labels or data.num_classes"
+            )
+        if lo < 0 or hi >= num_classes:
+            raise DataError(
+                f"{name} training labels span [{lo}, {hi}], outside "
                 f"[0, {num_classes}): fix the labels or data.num_classes"
             )
         if not class_names or len(class_names) != num_classes:
@@ -292,12 +306,11 @@ class Dataset:
         self.train_size = self.split_sizes["train"]
 
         self._train_labels = labels[train_index].astype(np.int32)
-        self._class_rows = [
-            np.flatnonzero(self._train_labels == c) for c in range(self.num_classes)
-        ]
-        self._present = np.array(
-            [c for c in range(self.num_classes) if self._class_rows[c].size], dtype=np.int64
-        )
+        # Rows of each class present in the training portion (ascending), in O(N) whatever C.
+        order = np.argsort(self._train_labels, kind="stable")
+        present, starts = np.unique(self._train_labels[order], return_index=True)
+        self._class_rows = dict(zip(present.tolist(), np.split(order, starts[1:]), strict=True))
+        self._present = present.astype(np.int64)
         self._perms: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
         if norm_stats not in ("auto", "computed", "published"):
@@ -347,7 +360,7 @@ class Dataset:
         """(rows per process, first global row of this process) for a global batch size."""
         batch_size = int(batch_size)
         if batch_size <= 0 or batch_size % self.process_count:
-            raise ValueError(
+            raise DataError(
                 f"batch_size={batch_size} (global) must be a positive multiple of "
                 f"process_count={self.process_count}"
             )
@@ -412,7 +425,9 @@ class Dataset:
         step = _check_step(step)
         b, k = int(batch_size), int(k_per_class)
         if not 1 <= k <= b:
-            raise ValueError(f"k_per_class={k} must be in [1, batch_size={b}]")
+            raise DataError(
+                f"k_per_class={k} must be in [1, batch_size={b}]: set phase2.k_per_class"
+            )
         present = self._present
         if present.size * k >= b:
             p = b // k
@@ -546,5 +561,5 @@ class Dataset:
 def _check_step(step: int) -> int:
     step = int(step)
     if step < 0:
-        raise ValueError(f"step={step} must be >= 0")
+        raise DataError(f"step={step} must be >= 0")
     return step

@@ -23,14 +23,19 @@ import dataclasses
 import hashlib
 import io
 import logging
+import lzma
+import math
 import os
+import struct
 import tempfile
 import threading
 import zipfile
+import zlib
 
 import numpy as np
 from PIL import Image
 
+from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES
 from nm_hebb_jax.data.errors import DataError
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -40,6 +45,20 @@ _CACHE_VERSION = "v1"
 _LRU_SIZE = 3
 _lru: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
 _lru_lock = threading.Lock()
+# What reading a damaged archive or member can raise (zip structure, CRC, inflate/LZMA streams,
+# unsupported or encrypted members, a header that declares an impossible array).
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+    MemoryError,
+    struct.error,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +139,8 @@ def open_npz(path: str) -> np.lib.npyio.NpzFile:
         raise DataError(f"npz path {path!r} is a directory: set data.path to the .npz file")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except _READ_ERRORS as e:
+        reason = _reason(e)
         raise DataError(
             f"{path!r} is not a readable .npz archive ({reason}): "
             "re-create it with numpy.savez / numpy.savez_compressed"
@@ -159,40 +178,63 @@ def npz_split_sizes(path: str) -> dict[str, int]:
         for split in npz_splits(npz):
             try:
                 if f"x_{split}" in npz.files:
-                    sizes[split] = _header(npz, f"x_{split}")[0][0]
+                    sizes[split] = _header(npz, f"x_{split}", path)[0][0]
                 else:
-                    sizes[split] = _header(npz, f"{split}_jpeg_offsets")[0][0] - 1
+                    sizes[split] = _header(npz, f"{split}_jpeg_offsets", path)[0][0] - 1
             except (KeyError, IndexError, ValueError, OSError, DataError):
                 sizes[split] = -1
     return sizes
 
 
-def _header(npz: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a member, from its ``.npy`` header only."""
+def _header(npz: np.lib.npyio.NpzFile, key: str, path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a member, from its ``.npy`` header only.
+
+    The header is checked against the member's stored size, so a truncated member or a header
+    that declares more data than the member holds is reported before anything is allocated.
+    """
     try:
-        with npz.zip.open(key + ".npy") as f:
+        info = npz.zip.getinfo(key + ".npy")
+        with npz.zip.open(info) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            return tuple(int(s) for s in shape), np.dtype(dtype)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
-        arr = npz[key]  # unusual header version or layout: read the member itself
+            data_start = f.tell()
+    except (KeyError, *_READ_ERRORS):
+        arr = _read(npz, key, path)  # unusual header version or layout: read the member itself
         return tuple(arr.shape), arr.dtype
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+    if not dtype.hasobject:
+        declared = math.prod(shape) * dtype.itemsize
+        stored = info.file_size - data_start
+        if stored != declared:
+            raise DataError(
+                f"member {key!r} of {path!r} declares {dtype} {shape} ({declared} bytes) but holds "
+                f"{stored} bytes: the file is truncated or corrupt, re-create it"
+            )
+    return shape, dtype
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _read(npz: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
     try:
         return npz[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except _READ_ERRORS as e:
+        reason = _reason(e)
         raise DataError(
             f"member {key!r} of {path!r} is unreadable ({reason}): re-create the file"
         ) from None
 
 
-def _names_for(npz: np.lib.npyio.NpzFile, label_key: str, split: str) -> tuple[str, ...] | None:
+def _names_for(
+    npz: np.lib.npyio.NpzFile, label_key: str, split: str, path: str
+) -> tuple[str, ...] | None:
     """Class names that go with a label member (``class_names`` for ``y_S``; suffixed otherwise)."""
     suffix = label_key[len(f"y_{split}") :] if label_key.startswith(f"y_{split}") else None
     if suffix == "":
@@ -204,7 +246,7 @@ def _names_for(npz: np.lib.npyio.NpzFile, label_key: str, split: str) -> tuple[s
         candidates = []
     for key in candidates:
         if key in npz.files:
-            return tuple(str(n) for n in np.asarray(npz[key]).reshape(-1))
+            return tuple(str(n) for n in np.asarray(_read(npz, key, path)).reshape(-1))
     return None
 
 
@@ -246,7 +288,7 @@ def inspect_npz_split(
         pixel_shape = None
         if pixel_key in npz.files:
             encoding = "pixels"
-            shape, dtype = _header(npz, pixel_key)
+            shape, dtype = _header(npz, pixel_key, path)
             if dtype != np.uint8:
                 raise DataError(
                     f"{pixel_key!r} in {path!r} has dtype {dtype}, expected uint8: "
@@ -266,7 +308,7 @@ def inspect_npz_split(
                     f"{path!r} has {bytes_key!r} but no {offsets_key!r}: "
                     "add the int offsets [N + 1] of the JPEG bytes"
                 )
-            shape, dtype = _header(npz, bytes_key)
+            shape, dtype = _header(npz, bytes_key, path)
             if dtype != np.uint8 or len(shape) != 1:
                 raise DataError(
                     f"{bytes_key!r} in {path!r} has dtype {dtype} and shape {shape}, expected "
@@ -279,6 +321,7 @@ def inspect_npz_split(
                     f"{offsets.shape}, expected int [N + 1]: store the start offsets plus the total"
                 )
             n = offsets.shape[0] - 1
+            offsets = offsets.astype(np.int64)  # unsigned offsets would wrap in np.diff
             if n > 0 and (
                 offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] != shape[0]
             ):
@@ -306,9 +349,19 @@ def inspect_npz_split(
                 f"{path!r} split {split!r} has {n} images but {labels.shape[0]} labels in {key!r}: "
                 "the counts must match"
             )
-        names = _names_for(npz, key, split)
+        names = _names_for(npz, key, split, path)
     c = int(num_classes) if num_classes else (len(names) if names else 0)
+    if not 0 <= c <= MAX_NUM_CLASSES:
+        raise DataError(
+            f"num_classes={c} for {path!r} must be in [0, {MAX_NUM_CLASSES}] (0 = from the class "
+            "names or labels): fix data.num_classes or the class names"
+        )
     lo, hi = int(labels.min()), int(labels.max())
+    if not c and hi >= MAX_NUM_CLASSES:
+        raise DataError(
+            f"labels {key!r} in {path!r} reach {hi}, which would mean {hi + 1} classes (at most "
+            f"{MAX_NUM_CLASSES}): fix the labels, or store class_names / set data.num_classes"
+        )
     if lo < 0 or (c and hi >= c):
         bound = f"[0, {c})" if c else "[0, inf)"
         raise DataError(
@@ -327,14 +380,48 @@ def inspect_npz_split(
     )
 
 
+def peek_image_size(path: str, split: str) -> tuple[int, int]:
+    """``(H, W)`` of a split's images without reading its pixels (JPEG: image 0's header only).
+
+    Args:
+      path: the ``.npz`` file.
+      split: a split that :func:`inspect_npz_split` has validated.
+
+    Returns:
+      The image height and width.
+
+    Raises:
+      DataError: image 0 of a JPEG split is not a readable image.
+    """
+    with open_npz(path) as npz:
+        if f"x_{split}" in npz.files:
+            return tuple(_header(npz, f"x_{split}", path)[0][1:3])
+        offsets = _read(npz, f"{split}_jpeg_offsets", path)
+        try:
+            with npz.zip.open(f"{split}_jpeg_bytes.npy") as f:
+                if np.lib.format.read_magic(f) == (1, 0):
+                    np.lib.format.read_array_header_1_0(f)
+                else:
+                    np.lib.format.read_array_header_2_0(f)
+                head = f.read(int(offsets[1]))
+            with Image.open(io.BytesIO(head)) as im:
+                width, height = im.size
+        except Exception as e:  # any failure to read untrusted bytes means bad data
+            raise DataError(
+                f"image 0 of split {split!r} of {path!r} is not a readable image ({_reason(e)}): "
+                "re-encode it"
+            ) from None
+    return int(height), int(width)
+
+
 def _decode_one(data: np.ndarray, offsets: np.ndarray, i: int, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]])) as im:
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # any failure to decode untrusted bytes means bad data
+        reason = _reason(e)
         raise DataError(
             f"image {i} of {where} is not a decodable image ({reason}): re-encode it"
         ) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import signal
 import threading
@@ -92,6 +93,61 @@ def _dtype(name: str):
     return jnp.float32 if name == "float32" else jnp.bfloat16
 
 
+def _check_settings(config, mesh) -> None:
+    """One-line RunError for settings that would otherwise fail (or silently diverge) only after
+    compilation: learning rates, durations, intervals, EWC sizes, the P×K batch, the eval batch."""
+
+    def number(name: str, value, *, minimum: float = 0.0) -> None:
+        if not math.isfinite(float(value)) or float(value) < minimum:
+            raise RunError(f"{name}={value!r} must be a finite number >= {minimum:g}")
+
+    def count(name: str, value) -> None:
+        if int(value) < 1:
+            raise RunError(f"{name}={value} must be a positive integer")
+
+    for name in ("base_lr", "warmup_epochs", "momentum", "weight_decay", "grad_clip"):
+        number(f"optim.{name}", config.optim[name])
+    number("phase2.lr_factor", config.phase2.lr_factor)
+    number("ewc.refresh_epochs", config.ewc.refresh_epochs)
+    for phase in ("phase1", "phase2"):
+        if config[phase].num_steps < -1:
+            raise RunError(
+                f"{phase}.num_steps={config[phase].num_steps} must be >= 0, or -1 to derive it "
+                f"from {phase}.epochs"
+            )
+        if config[phase].num_steps == -1:
+            number(f"{phase}.epochs", config[phase].epochs)
+    for group, name in (
+        ("eval", "batch_size"),
+        ("log", "every_steps"),
+        ("log", "eval_every_steps"),
+        ("ckpt", "every_steps"),
+        ("ewc", "fisher_examples"),
+        ("ewc", "chunk_size"),
+    ):
+        count(f"{group}.{name}", config[group][name])
+    n = mesh.devices.size * jax.process_count()
+    if config.eval.batch_size % n:
+        raise RunError(
+            f"eval.batch_size {config.eval.batch_size} is not divisible by the {mesh.devices.size} "
+            f"devices ({jax.process_count()} processes); set --config.eval.batch_size to a "
+            f"multiple of {n}"
+        )
+    if config.hebb.stop_gradient not in losses.STOP_GRADIENT_MODES:
+        raise RunError(
+            f"unknown hebb.stop_gradient {config.hebb.stop_gradient!r}; use one of "
+            f"{', '.join(map(repr, losses.STOP_GRADIENT_MODES))}"
+        )
+    terms = M.method_terms(config, 2)
+    k = config.phase2.k_per_class
+    if config.phase2.balanced and ("pair" in terms or "supcon" in terms):
+        if not 1 <= k <= config.batch_size:
+            raise RunError(
+                f"phase2.k_per_class={k} must be in [1, batch_size={config.batch_size}] for the "
+                "class-balanced (P×K) batches of phase 2"
+            )
+
+
 def build_run(config, *, mesh=None) -> Run:
     """Validates the config and builds data, model and mesh (one-line RunError on bad input)."""
     if config.method not in METHODS:
@@ -101,6 +157,7 @@ def build_run(config, *, mesh=None) -> Run:
     if config.batch_size <= 0:
         raise RunError(f"batch_size must be positive, got {config.batch_size}")
     mesh = mesh or S.make_mesh()
+    _check_settings(config, mesh)
     try:
         S.check_batch_size(config.batch_size, mesh)
         dataset = build_dataset(
