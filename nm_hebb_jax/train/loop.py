@@ -662,6 +662,20 @@ def _run_phase(
         progress.update(len(fetched), loss=mean["loss"], top1=mean["top1"])
         pending.clear()
 
+    def save(*, best: bool = False, **extra) -> None:
+        meta = {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, **extra}
+        _save(ckpt, state, ewc, meta, best=best)
+
+    def validate() -> dict:
+        """Validation Top-1/loss at the current step; a new best is saved to ``best/``."""
+        nonlocal best_top1
+        val = trainer.evaluate(state.params, state.batch_stats)
+        writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
+        if val["top1"] > best_top1:
+            best_top1 = val["top1"]
+            save(best=True, val=val)
+        return val
+
     step = int(state.step)
     while step < end:
         t = step - start
@@ -688,48 +702,18 @@ def _run_phase(
             flush()
         if step % cfg.log.eval_every_steps == 0 and not done:
             flush()
-            val = trainer.evaluate(state.params, state.batch_stats)
-            writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
-            if val["top1"] > best_top1:
-                best_top1 = val["top1"]
-                _save(
-                    ckpt,
-                    state,
-                    ewc,
-                    {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, "val": val},
-                    best=True,
-                )
+            validate()
         if step % cfg.ckpt.every_steps == 0 and not done:
             flush()
-            _save(
-                ckpt,
-                state,
-                ewc,
-                {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
-            )
+            save()
         if not done and stop.requested():
             flush()
-            _save(
-                ckpt,
-                state,
-                ewc,
-                {**base, "phase": plan.phase, "step": step, "best_top1": best_top1},
-            )
+            save()
             raise Preempted(
                 f"received {stop.received}: saved a checkpoint at step {step} in "
                 f"{ckpt.workdir}; relaunch the same command to resume"
             )
     flush()
     progress.close()
-    val = trainer.evaluate(state.params, state.batch_stats)
-    writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
-    if val["top1"] > best_top1:
-        best_top1 = val["top1"]
-        _save(
-            ckpt,
-            state,
-            ewc,
-            {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, "val": val},
-            best=True,
-        )
+    val = validate()
     return state, ewc, best_top1, val
