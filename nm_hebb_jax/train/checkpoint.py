@@ -80,56 +80,50 @@ class Checkpointer:
         mngr.save(step, args=args, force=True)
         mngr.wait_until_finished()
 
-    def read_meta(self, step: int | None = None, *, best: bool = False) -> dict | None:
-        """The JSON metadata of a checkpoint (latest by default), or None when there is none."""
+    def _resolve(self, step: int | None, best: bool):
+        """``(manager, step)``: the latest step when ``step`` is None; FileNotFoundError if none."""
         mngr = self.best if best else self.latest
         if mngr is None:
-            return None
+            raise FileNotFoundError(f"no best checkpoint in {self.workdir}")
+        steps = list(mngr.all_steps())
         step = mngr.latest_step() if step is None else step
         if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} in {self.workdir} (have {steps})"
+            )
+        return mngr, step
+
+    def _restore(self, mngr, step: int, target: PyTree):
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        )
+        out = mngr.restore(step, args=args)
+        return out.state, out.meta
+
+    def read_meta(self, step: int | None = None, *, best: bool = False) -> dict | None:
+        """The JSON metadata of a checkpoint (latest by default), or None when there is none."""
+        try:
+            mngr, step = self._resolve(step, best)
+        except FileNotFoundError:
             return None
         return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def restore(self, abstract_tree: PyTree, step: int | None = None, *, best: bool = False):
         """Restores ``(tree, meta)`` into the structure/shardings of ``abstract_tree``."""
-        mngr = self.best if best else self.latest
-        if mngr is None:
-            raise FileNotFoundError(f"no best checkpoint in {self.workdir}")
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
-        out = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return out.state, out.meta
+        mngr, step = self._resolve(step, best)
+        return self._restore(mngr, step, abstract_tree)
 
     def restore_raw(self, step: int | None = None, *, best: bool = False, sharding=None):
         """Restores ``(tree, meta)`` as nested dicts, using the checkpoint's own structure."""
-        mngr = self.best if best else self.latest
-        if mngr is None:
-            raise FileNotFoundError(f"no best checkpoint in {self.workdir}")
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
-        if step not in mngr.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint at step {step} in {self.workdir} (have {list(mngr.all_steps())})"
-            )
+        mngr, step = self._resolve(step, best)
         tree_md = mngr.item_metadata(step)["state"]
         tree_md = getattr(tree_md, "tree", tree_md)
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_md
         )
-        out = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return out.state, out.meta
+        return self._restore(mngr, step, target)
 
     def restore_latest_good(
         self, make_abstract: Callable[[dict], PyTree], check_meta: Callable[[dict], None]
