@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from nm_hebb_jax.eval import plots
 from nm_hebb_jax.eval.run import LoadError, load_run
@@ -98,6 +98,7 @@ def evaluate_workdir(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         print("error: --workdir is required (the directory of a training run)", file=sys.stderr)
         sys.exit(2)
