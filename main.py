@@ -8,7 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nm_hebb_jax.train.distributed import maybe_initialize
-from nm_hebb_jax.train.loop import NonFiniteError, Preempted, RunError, train_and_evaluate
+from nm_hebb_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -25,9 +25,14 @@ def main(argv):
     if "distributed" in FLAGS.config:
         maybe_initialize(FLAGS.config)
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if FLAGS.config.get("kind") == "hebbian_cnn":
+            from nm_hebb_jax.hebbian.train import train_and_evaluate_hebbian
+
+            summary = train_and_evaluate_hebbian(FLAGS.config, FLAGS.workdir)
+        else:
+            summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except ValueError as e:  # RunError, DataError and config errors: one line, exit 2
+        print(f"error: {(str(e).splitlines() or [repr(e)])[0]}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,6 +26,15 @@ flags.DEFINE_string("split", None, "Split name (in --data, or of the run's datas
 flags.DEFINE_bool("plots", True, "Write the t-SNE map, filter grid and training curves.")
 
 
+def _run_kind(workdir: str) -> str | None:
+    """The ``kind`` field of a run's ``config.json`` (None when absent or unreadable)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return json.load(f).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def evaluate_workdir(
     workdir: str, *, step=None, best=False, data=None, split=None, make_plots=True
 ) -> dict:
@@ -34,6 +43,14 @@ def evaluate_workdir(
 
     if step is not None and best:
         raise LoadError("pass either --step or --best, not both")
+    if _run_kind(workdir) == "hebbian_cnn":
+        from nm_hebb_jax.hebbian.evaluate import evaluate_hebbian_workdir
+
+        if best:
+            raise LoadError("a Hebbian-CNN run has no best checkpoint; drop --best")
+        return evaluate_hebbian_workdir(
+            workdir, step=step, data=data, split=split, make_plots=make_plots
+        )
     run = load_run(workdir, step=step, best=best)
     if data is not None:
         from nm_hebb_jax.data import load_npz_split

@@ -236,7 +236,11 @@ def fisher_diagonal(
         for start in range(0, padded_size, chunk):
             part = jax.tree.map(lambda x, s=start: x[s : s + chunk], batch)
             acc = _accumulate_squared_grads(
-                params, acc, part, jnp.asarray(valid[start : start + chunk]), extra_args,
+                params,
+                acc,
+                part,
+                jnp.asarray(valid[start : start + chunk]),
+                extra_args,
                 loss_fn=loss_fn,
             )
         count += n
