@@ -25,7 +25,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, batch_norm
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, batch_norm, tap_kwargs
 
 
 class DenseBottleneck(nn.Module):
@@ -48,9 +48,7 @@ class DenseBottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C]`` to ``[N, H, W, C + growth_rate]``."""
-        kw = dict(
-            hebb_layers=self.hebb_layers, hebb_activation=self.hebb_activation, dtype=self.dtype
-        )
+        kw = tap_kwargs(self)
         x = x.astype(self.dtype)
         out = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.dtype, name="bn1")(x))
         out = ConvBN(4 * self.growth_rate, 1, name="conv1", **kw)(out, train)
@@ -83,9 +81,7 @@ class Transition(nn.Module):
             use_norm=False,
             act=None,
             name="conv",
-            hebb_layers=self.hebb_layers,
-            hebb_activation=self.hebb_activation,
-            dtype=self.dtype,
+            **tap_kwargs(self),
         )(out, train)
         return nn.avg_pool(out, (2, 2), strides=(2, 2), padding="VALID")
 

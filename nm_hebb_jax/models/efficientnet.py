@@ -27,6 +27,7 @@ from nm_hebb_jax.models.layers import (
     Dtype,
     conv_kernel_init,
     make_divisible,
+    tap_kwargs,
 )
 
 #: BatchNorm epsilon of torchvision's ``efficientnet_v2_s`` (``partial(nn.BatchNorm2d, eps=1e-3)``).
@@ -115,12 +116,7 @@ class MBConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, out_features]``."""
-        kw = dict(
-            bn_epsilon=BN_EPSILON,
-            hebb_layers=self.hebb_layers,
-            hebb_activation=self.hebb_activation,
-            dtype=self.dtype,
-        )
+        kw = dict(bn_epsilon=BN_EPSILON, **tap_kwargs(self))
         in_features = x.shape[-1]
         expanded = make_divisible(in_features * self.expand_ratio, 8)
         k, s = self.kernel_size, self.strides

@@ -84,6 +84,19 @@ def tap_pool(x: Array) -> Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
+def tap_kwargs(module: nn.Module) -> dict[str, Any]:
+    """``hebb_layers``, ``hebb_activation`` and ``dtype`` of a block, to pass on to its units.
+
+    Blocks live inside a backbone whose ``unit_kwargs`` already resolved the tap names, so the
+    values are forwarded unchanged.
+    """
+    return {
+        "hebb_layers": module.hebb_layers,
+        "hebb_activation": module.hebb_activation,
+        "dtype": module.dtype,
+    }
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Rounds a channel count to a multiple of ``divisor`` (torchvision ``_make_divisible``).
 

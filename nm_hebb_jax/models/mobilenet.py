@@ -18,7 +18,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, make_divisible
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, make_divisible, tap_kwargs
 
 #: kuangliu/pytorch-cifar ``MobileNetV2.cfg``: ``(expansion, out_planes, num_blocks, stride)``.
 MOBILENET_V2_CFG: tuple[tuple[int, int, int, int], ...] = (
@@ -59,9 +59,7 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, out_features]``."""
-        kw = dict(
-            hebb_layers=self.hebb_layers, hebb_activation=self.hebb_activation, dtype=self.dtype
-        )
+        kw = tap_kwargs(self)
         in_features = x.shape[-1]
         planes = self.expansion * in_features
         out = ConvBN(planes, 1, name="conv1", **kw)(x, train)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, tap_kwargs
 
 
 class BasicBlock(nn.Module):
@@ -41,9 +41,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, features]``."""
-        kw = dict(
-            hebb_layers=self.hebb_layers, hebb_activation=self.hebb_activation, dtype=self.dtype
-        )
+        kw = tap_kwargs(self)
         out = ConvBN(self.features, 3, self.strides, name="conv1", **kw)(x, train)
         out = ConvBN(self.features, 3, 1, act=None, name="conv2", **kw)(out, train)
         if self.strides != 1 or x.shape[-1] != self.features:
