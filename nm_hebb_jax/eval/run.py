@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import cached_property
 from typing import Any
@@ -22,20 +21,13 @@ import numpy as np
 from nm_hebb_jax.eval import filters as F
 from nm_hebb_jax.eval import metrics as MT
 from nm_hebb_jax.models import collect_taps, get_model
+from nm_hebb_jax.train.writer import read_config
 
 Array = jax.Array
 
 
 class LoadError(ValueError):
     """A workdir or checkpoint that cannot be loaded (one-line message)."""
-
-
-def _load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise LoadError(f"{workdir} has no config.json; pass the --workdir of a training run")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 @dataclasses.dataclass
@@ -220,7 +212,10 @@ def load_run(workdir: str, *, step: int | None = None, best: bool = False) -> Lo
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(workdir):
         raise LoadError(f"workdir {workdir} does not exist; pass the --workdir of a training run")
-    config = _load_config(workdir)
+    try:
+        config = read_config(workdir)
+    except FileNotFoundError as e:
+        raise LoadError(str(e)) from e
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
         params, batch_stats, meta = restore_params_only(

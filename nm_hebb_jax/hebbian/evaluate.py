@@ -22,7 +22,7 @@ from nm_hebb_jax.eval import plots
 from nm_hebb_jax.hebbian import decode as decode_lib
 from nm_hebb_jax.hebbian import train as train_lib
 from nm_hebb_jax.hebbian.model import from_config
-from nm_hebb_jax.train.writer import provenance
+from nm_hebb_jax.train.writer import provenance, read_config
 
 
 def evaluate_hebbian_workdir(
@@ -51,7 +51,7 @@ def evaluate_hebbian_workdir(
       FileNotFoundError: no config or checkpoint; ValueError: mismatched data (one line).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    config = train_lib.load_config(workdir)
+    config = read_config(workdir)
     model = from_config(config)
     dataset = build_dataset(config.data, seed=config.seed)
     train_images, train_labels = dataset.get_arrays("train")

@@ -15,14 +15,12 @@ Reference: Miconi, "Hebbian learning with gradients", arXiv:2107.01729, 2021.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from nm_hebb_jax.data import build_dataset
@@ -31,7 +29,7 @@ from nm_hebb_jax.hebbian import decode as decode_lib
 from nm_hebb_jax.hebbian.model import HebbianCNN, Params, from_config
 from nm_hebb_jax.losses.hebbian_rules import RULES
 from nm_hebb_jax.train.checkpoint import Checkpointer
-from nm_hebb_jax.train.writer import MetricWriter, provenance
+from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
 KIND = "hebbian_cnn"
 _TAG_ZCA = 0x2CA
@@ -106,27 +104,6 @@ def restore(workdir: str, model: HebbianCNN, image_shape, *, step: int | None = 
     return tree["layers"], tree["zca"], int(tree["step"])
 
 
-def _write_config(workdir: str, config) -> None:
-    path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-        path = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The run's ``config.json`` as a ConfigDict."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} has no config.json; pass the --workdir of a run")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def train_and_evaluate_hebbian(config, workdir: str) -> dict:
     """Trains the Hebbian CNN (resuming from ``workdir``) and decodes each layer at the end.
 
@@ -145,7 +122,7 @@ def train_and_evaluate_hebbian(config, workdir: str) -> dict:
     check_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    _write_config(workdir, config)
+    write_config(workdir, config)
     dataset = build_dataset(config.data, seed=config.seed)
     images, labels = dataset.get_arrays("train")
     image_shape = tuple(images.shape[1:])

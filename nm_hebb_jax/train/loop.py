@@ -50,7 +50,7 @@ from nm_hebb_jax.train.steps import (
     make_train_step,
     uses_hyper_step,
 )
-from nm_hebb_jax.train.writer import MetricWriter, provenance
+from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
 PyTree = Any
 
@@ -493,7 +493,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     is_main = jax.process_index() == 0
     writer = MetricWriter(trainer.workdir, enabled=is_main)
     if is_main:
-        _write_config(trainer.workdir, cfg)
+        write_config(trainer.workdir, cfg)
         writer.append_jsonl("provenance.jsonl", provenance(cfg, run.mesh, resumed_from=meta))
 
     ds = run.dataset
@@ -604,19 +604,6 @@ def _init_from(trainer: Trainer, params, batch_stats):
 
 def _save(ckpt: Checkpointer, state, ewc, meta: dict, *, best: bool = False) -> None:
     ckpt.save(int(state.step), {"train": state, "ewc": ewc}, meta, best=best)
-
-
-def _write_config(workdir: str, cfg) -> None:
-    path = os.path.join(workdir, "config.json")
-    text = cfg.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = os.path.join(workdir, f"config.{stamp}.json")
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def _run_phase(

@@ -108,6 +108,41 @@ class MetricWriter:
             self._tb.close()
 
 
+def write_config(workdir: str, config) -> str:
+    """Writes the resolved config to ``workdir/config.json``; returns the path written.
+
+    A relaunch with the same config leaves the file as it is; a different config goes to
+    ``config.<timestamp>.json`` beside it, so what an earlier launch recorded is never overwritten.
+    """
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return path
+        path = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def read_config(workdir: str):
+    """A run's ``config.json`` as an ``ml_collections.ConfigDict``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (one line, names the fix).
+    """
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{workdir} has no config.json; pass the --workdir of a training run"
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 def git_commit() -> str:
     """The package's git commit (with ``-dirty``), or ``'unknown'`` outside a checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
