@@ -312,3 +312,41 @@ def test_taps_of_a_nested_backbone_and_bfloat16():
     act, kernel = models.collect_taps(state["intermediates"], [layer])[layer]
     assert act.dtype == jnp.bfloat16 and kernel.dtype == jnp.float32
     assert models.collect_taps(state["intermediates"]["backbone"]).keys() == {layer}
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("k,size", [(3, 7), (3, 8), (5, 6)])
+def test_depthwise_shifts_equals_grouped_conv(strides, k, size):
+    """The CPU default 'shifts' depthwise conv: same values and gradients as lax's grouped conv."""
+    from nm_hebb_jax.models.layers import depthwise_conv
+
+    kx, kw, kg = jax.random.split(jax.random.key(strides * 10 + k + size), 3)
+    x = jax.random.normal(kx, (2, size, size, 5))
+    w = jax.random.normal(kw, (k, k, 1, 5))
+    y_conv = depthwise_conv(x, w, strides, "conv")
+    y_shift = depthwise_conv(x, w, strides, "shifts")
+    assert y_shift.shape == y_conv.shape == (2, -(-size // strides), -(-size // strides), 5)
+    np.testing.assert_allclose(y_shift, y_conv, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, y_conv.shape)
+
+    def grads(impl):
+        return jax.grad(lambda x, w: jnp.sum(depthwise_conv(x, w, strides, impl) * g), (0, 1))(x, w)
+
+    for a, b in zip(grads("shifts"), grads("conv"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_impl_choices_give_the_same_model():
+    """A whole MobileNet-v2 (depthwise and stride-2 blocks) computes the same with either impl."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    outs = {}
+    for impl in ("conv", "shifts"):
+        net = models.get_model(
+            "mobilenet_v2", num_classes=10, depthwise_impl=impl, **TINY["mobilenet_v2"]
+        )
+        variables = net.init(jax.random.key(1), x)
+        outs[impl] = net.apply(variables, x, train=False)[0]
+    np.testing.assert_allclose(outs["shifts"], outs["conv"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError) as excinfo:
+        models.get_model("mobilenet_v2", num_classes=10, depthwise_impl="fft")
+    _assert_one_line_value_error(excinfo, "'fft'", "auto", "conv", "shifts")

@@ -38,12 +38,14 @@ class DenseBottleneck(nn.Module):
       hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
+      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     growth_rate: int
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -64,12 +66,14 @@ class Transition(nn.Module):
       hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
+      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     features: int
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

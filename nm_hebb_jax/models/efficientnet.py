@@ -101,6 +101,7 @@ class MBConvBlock(nn.Module):
       hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
+      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     block: str
@@ -112,6 +113,7 @@ class MBConvBlock(nn.Module):
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

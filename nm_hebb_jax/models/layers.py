@@ -84,17 +84,86 @@ def tap_pool(x: Array) -> Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-def tap_kwargs(module: nn.Module) -> dict[str, Any]:
-    """``hebb_layers``, ``hebb_activation`` and ``dtype`` of a block, to pass on to its units.
+#: Valid values of ``depthwise_impl`` (see :func:`depthwise_conv`).
+DEPTHWISE_IMPLS: tuple[str, ...] = ("auto", "conv", "shifts")
 
-    Blocks live inside a backbone whose ``unit_kwargs`` already resolved the tap names, so the
-    values are forwarded unchanged.
+
+def tap_kwargs(module: nn.Module) -> dict[str, Any]:
+    """``hebb_layers``, ``hebb_activation``, ``dtype`` and ``depthwise_impl`` of a block.
+
+    What a block passes on to its units. Blocks live inside a backbone whose ``unit_kwargs``
+    already resolved the tap names, so the values are forwarded unchanged.
     """
     return {
         "hebb_layers": module.hebb_layers,
         "hebb_activation": module.hebb_activation,
         "dtype": module.dtype,
+        "depthwise_impl": module.depthwise_impl,
     }
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """``'auto'`` -> ``'shifts'`` on the CPU backend, ``'conv'`` elsewhere; checks the value.
+
+    Raises:
+      ValueError: ``impl`` is not one of :data:`DEPTHWISE_IMPLS`.
+    """
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(
+            f"depthwise_impl={impl!r} is not supported; choose one of {DEPTHWISE_IMPLS}"
+        )
+    if impl == "auto":
+        return "shifts" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
+def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
+    """Depthwise convolution (one filter per channel), symmetric padding ``(k - 1) // 2``.
+
+    ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C``.
+    ``impl='shifts'`` computes the same sum as k*k shifted, strided slices of the padded input
+    times the per-channel taps: elementwise work that XLA fuses into one loop, where XLA:CPU's
+    grouped convolution is slow (BENCHMARKS.md, ``experiments/bench/conv_micro.py``: forward
+    429 -> 43 ms and input gradient 428 -> 24 ms on a [128, 32, 32, 144] map; the kernel gradient
+    costs about the same either way, 159 vs 169 ms).
+    The two agree to float32 rounding (summation order differs). ``'auto'``: see
+    :func:`resolve_depthwise_impl`.
+
+    Args:
+      x: ``[N, H, W, C]``.
+      kernel: ``[k, k, 1, C]`` (HWIO with one input channel per group).
+      strides: spatial stride.
+      impl: ``'auto'``, ``'conv'`` or ``'shifts'``.
+
+    Returns:
+      ``[N, ceil(H / strides), ceil(W / strides), C]``.
+    """
+    k = kernel.shape[0]
+    pad = (k - 1) // 2
+    if resolve_depthwise_impl(impl) == "conv":
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(strides, strides),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for i in range(k):
+        for j in range(k):
+            window = jax.lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
+                (1, strides, strides, 1),
+            )
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -162,6 +231,9 @@ class ConvBN(nn.Module):
       hebb_layers: fully qualified module paths of the units that sow.
       hebb_activation: one of :data:`HEBB_ACTIVATIONS`.
       dtype: computation dtype.
+      depthwise_impl: how a depthwise unit (``groups == C_in == features``) computes its
+        convolution, one of :data:`DEPTHWISE_IMPLS` (see :func:`depthwise_conv`); other units
+        ignore it.
     """
 
     features: int
@@ -175,6 +247,7 @@ class ConvBN(nn.Module):
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -200,14 +273,19 @@ class ConvBN(nn.Module):
             jnp.float32,
         )
         pad = (k - 1) // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(self.strides, self.strides),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        if self.groups > 1 and self.groups == in_features == self.features:
+            y = depthwise_conv(
+                x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.depthwise_impl
+            )
+        else:
+            y = jax.lax.conv_general_dilated(
+                x.astype(self.dtype),
+                kernel.astype(self.dtype),
+                window_strides=(self.strides, self.strides),
+                padding=((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -240,12 +318,15 @@ class Backbone(nn.Module):
         conv units that sow their activation and kernel; see ``conv_layer_names()``.
       hebb_activation: which activation the tapped units sow, one of :data:`HEBB_ACTIVATIONS`.
       dtype: computation dtype (params stay float32; logits and embedding come back float32).
+      depthwise_impl: how depthwise convolutions are computed, one of :data:`DEPTHWISE_IMPLS`
+        (``'auto'``: shifted slices on CPU, ``lax`` grouped convolution elsewhere).
     """
 
     num_classes: int
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
     default_hebb_layer: ClassVar[str] = ""
@@ -260,6 +341,11 @@ class Backbone(nn.Module):
         if not isinstance(self.hebb_layers, tuple):
             object.__setattr__(self, "hebb_layers", tuple(self.hebb_layers))
         check_hebb_activation(self.hebb_activation)
+        if self.depthwise_impl not in DEPTHWISE_IMPLS:
+            raise ValueError(
+                f"depthwise_impl={self.depthwise_impl!r} is not supported; choose one of "
+                f"{DEPTHWISE_IMPLS}"
+            )
         super().__post_init__()
 
     def unit_kwargs(self) -> dict[str, Any]:
@@ -269,13 +355,14 @@ class Backbone(nn.Module):
         relative to the backbone when it is nested inside a bigger Flax module.
 
         Returns:
-          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ...}``.
+          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...}``.
         """
         prefix = tuple(self.path)
         return {
             "hebb_layers": tuple("/".join((*prefix, name)) for name in self.hebb_layers),
             "hebb_activation": self.hebb_activation,
             "dtype": self.dtype,
+            "depthwise_impl": self.depthwise_impl,
         }
 
     def pool_and_classify(

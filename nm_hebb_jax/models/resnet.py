@@ -30,6 +30,7 @@ class BasicBlock(nn.Module):
       hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
+      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     features: int
@@ -37,6 +38,7 @@ class BasicBlock(nn.Module):
     hebb_layers: tuple[str, ...] = ()
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
