@@ -7,6 +7,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nm_hebb_jax import cpu_runtime
 from nm_hebb_jax.train.distributed import maybe_initialize
 from nm_hebb_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
 
@@ -22,6 +23,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.config.get("cpu_tuning", True):
+        cpu_runtime.configure()  # before JAX starts its backend
     if "distributed" in FLAGS.config:
         maybe_initialize(FLAGS.config)
     try:

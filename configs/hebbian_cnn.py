@@ -37,6 +37,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.kind = "hebbian_cnn"
     c.seed = 0
+    c.cpu_tuning = True  # XLA's own CPU convolutions (nm_hebb_jax/cpu_runtime.py)
 
     # Architecture (one entry per layer).
     c.channels = (100, 196, 400)

@@ -24,6 +24,9 @@ flags.DEFINE_bool("best", False, "Evaluate the best-validation checkpoint.")
 flags.DEFINE_string("data", None, "An npz file to evaluate on (default: the run's eval split).")
 flags.DEFINE_string("split", None, "Split name (in --data, or of the run's dataset).")
 flags.DEFINE_bool("plots", True, "Write the t-SNE map, filter grid and training curves.")
+flags.DEFINE_bool(
+    "cpu_tuning", True, "On CPU use XLA's own convolutions (see nm_hebb_jax/cpu_runtime.py)."
+)
 
 
 def _run_kind(workdir: str) -> str | None:
@@ -116,6 +119,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.cpu_tuning:
+        from nm_hebb_jax import cpu_runtime
+
+        cpu_runtime.configure()  # before JAX starts its backend
     if not FLAGS.workdir:
         print("error: --workdir is required (the directory of a training run)", file=sys.stderr)
         sys.exit(2)

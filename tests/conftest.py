@@ -1,4 +1,5 @@
-"""Test set-up: 4 simulated CPU devices (multi-device tests), repo root importable (configs)."""
+"""Test set-up: 4 simulated CPU devices (multi-device tests), repo root importable (configs),
+the trainer's CPU XLA flags."""
 
 import os
 import sys
@@ -16,6 +17,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
+
+from nm_hebb_jax import cpu_runtime  # noqa: E402
+
+# The trainer's CPU default (main.py applies it too): in-process runs and the main.py
+# subprocesses compile the same programs, so their results can be compared bit for bit.
+cpu_runtime.configure()
 
 
 @pytest.fixture(scope="session")
