@@ -106,6 +106,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.nm.targets = ("hebb", "ewc")  # terms the gate scales [ours: both]
     c.nm.lr = 1.0  # φ's plain-SGD rate for the hypergradient update
     c.nm.hyper_every = 10  # compute the hypergradient every N steps
+    # g_CE,t at the φ-update step: 'recompute' (exact, a 2nd g_R pass) or 'reuse' the stored
+    # g_R,t-1 as the estimate of g_R,t (one g_R pass per hyper_every steps) [ours]
+    c.nm.hyper_g_r = "recompute"
     c.nm.fixed_gate = 1.0  # ν in 'fixed' mode (the no_gate ablation)
     c.nm.prior_weight = 1e-3  # λ_gate of KL(Bern(ν) || Bern(prior_target))
     c.nm.prior_target = 0.5

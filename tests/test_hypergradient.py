@@ -15,8 +15,11 @@ from tests.util import load_config
 pytestmark = pytest.mark.slow
 
 
-def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu():
+@pytest.mark.parametrize("g_r_mode", ["recompute", "reuse"])
+def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
+    """'recompute': g_CE,t = g_total,t − ν_t g_R,t (exact); 'reuse': ... − ν_t g_R,t−1 (stored)."""
     c = load_config("quickstart")  # smoke: hyper_every = 3 -> t=2 stores g_R, t=3 applies
+    c.nm.hyper_g_r = g_r_mode
     k = c.nm.hyper_every
     mesh = S.make_mesh(jax.devices()[:1])
     run = build_run(c, mesh=mesh)
@@ -48,7 +51,8 @@ def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu():
     (_, aux), g_total = jax.value_and_grad(total, has_aux=True)(before.params)
     g_reg = jax.grad(lambda p: total(p)[1]["regularizer"])(before.params)["backbone"]
     nu = aux["gate"]
-    g_ce = jax.tree.map(lambda g, r: g - nu * r, g_total["backbone"], g_reg)
+    g_r_t = g_reg if g_r_mode == "recompute" else before.hyper["g_r"]
+    g_ce = jax.tree.map(lambda g, r: g - nu * r, g_total["backbone"], g_r_t)
     lr = float(m["lr"])
     dot = sum(
         float(jnp.vdot(a, b))
@@ -84,3 +88,9 @@ def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The buffer stored at t = k - 1 is the gradient of the ungated regularisers then.
     assert float(optax.tree.norm(before.hyper["g_r"])) > 0
+    # 'reuse' runs no g_R pass on the applying step: a third compiled variant, and the stored
+    # estimate differs from the exact g_R,t (so the two modes really differ).
+    if g_r_mode == "reuse":
+        assert step_for(k) is not step_for(k - 1)
+        diff = optax.tree.norm(jax.tree.map(jnp.subtract, g_reg, before.hyper["g_r"]))
+        assert float(diff) > 1e-6 * float(optax.tree.norm(g_reg))

@@ -45,10 +45,11 @@ from nm_hebb_jax.train.state import (
     make_schedule,
 )
 from nm_hebb_jax.train.steps import (
+    HYPER_G_R_MODES,
+    hyper_variant,
     make_eval_step,
     make_fisher_fn,
     make_train_step,
-    uses_hyper_step,
 )
 from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
@@ -183,6 +184,10 @@ def build_run(config, *, mesh=None) -> Run:
                 f"unknown nm.gate_learning {config.nm.gate_learning!r}; "
                 "use 'hypergradient', 'joint_prior' or 'fixed'"
             )
+        if config.nm.hyper_g_r not in HYPER_G_R_MODES:
+            raise RunError(
+                f"unknown nm.hyper_g_r {config.nm.hyper_g_r!r}; use one of {HYPER_G_R_MODES}"
+            )
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
     spe = dataset.steps_per_epoch(config.batch_size)
@@ -286,16 +291,21 @@ class Trainer:
 
         plain = compile_(False)
         self.compiled[f"phase{phase}"] = plain
-        hyper = None
+        variants = {}
         if plan.gate_mode == "hypergradient":
-            hyper = compile_(True)
-            self.compiled[f"phase{phase}_hyper"] = hyper
+            names = {True: "hyper"}  # the variants this schedule uses (hyper_variant)
+            if cfg.nm.hyper_g_r == "reuse" and max(int(cfg.nm.hyper_every), 1) > 1:
+                names = {"store": "hyper_store", "apply": "hyper_apply"}
+            for v, name in names.items():
+                variants[v] = compile_(v)
+                self.compiled[f"phase{phase}_{name}"] = variants[v]
 
         def step_for(step: int):
             """The compiled step to run at global step ``step``."""
-            if hyper is not None and uses_hyper_step(step - start, cfg.nm.hyper_every):
-                return hyper
-            return plain
+            if not variants:
+                return plain
+            v = hyper_variant(step - start, cfg.nm.hyper_every, cfg.nm.hyper_g_r)
+            return plain if v is False else variants[v]
 
         return plan, tx, step_for, start, n
 

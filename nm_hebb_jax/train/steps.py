@@ -14,6 +14,12 @@ g_CE,t = g_total,t − ν_t g_R,t, and the scalar h = −η_t ⟨g_CE,t, g_R,t�
 ``t − 1`` (``t % k == k − 1``), then takes φ ← φ − η_φ (h ∂ν_{t−1}/∂φ + λ_gate ∂KL/∂φ). With k = 1
 this
 is exactly the one-step rule; with k > 1 the cost is two g_R passes per k steps.
+
+``hyper_g_r='reuse'`` (config ``nm.hyper_g_r``) halves that: step ``t`` (``t % k == 0``) takes
+g_CE,t ≈ g_total,t − ν_t g_R,t−1 from the stored g_R,t−1 instead of computing g_R,t, so only the
+storing step ``t − 1`` pays for a g_R pass. The approximation is g_R,t ≈ g_R,t−1 (one SGD step
+apart, different batches); ``'recompute'`` is exact. Steps then use three compiled variants:
+plain, ``'store'`` (g_R pass, fills the buffer) and ``'apply'`` (φ update from the buffer).
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ def make_train_step(
     prior_weight: float = 1e-3,
     prior_target: float = 0.5,
     skip_nonfinite: bool = False,
-    hyper_step: bool = False,
+    hyper_step: bool | str = False,
 ) -> Callable[[TrainState, PyTree, dict], tuple[TrainState, dict]]:
     """Returns the (un-jitted) train step of one phase.
 
@@ -73,16 +79,25 @@ def make_train_step(
       prior_weight: λ_gate of the KL prior in the φ update.
       prior_target: target of the KL prior.
       skip_nonfinite: if True, an update with a non-finite loss or gradient is skipped.
-      hyper_step: build the variant that computes g_R (used at phase-local steps ``t`` with
-        ``t % hyper_every`` in ``{0, hyper_every - 1}``; :func:`uses_hyper_step` says which).
-        A separate compiled variant rather than a ``lax.cond``: on XLA:CPU a convolution inside a
-        conditional branch ran 25x slower than at top level (0.98 s vs 0.038 s, small ResNet).
+      hyper_step: which variant to build (:func:`hyper_variant` says which one a step uses):
+        ``False`` the plain step; ``True`` or ``'exact'`` computes g_R and both stores it
+        (``t % k == k − 1``) and applies the φ update with the exact g_CE (``t % k == 0``);
+        ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ update with g_R,t
+        estimated by the stored g_R,t−1 (no g_R pass). Separate compiled variants rather than a
+        ``lax.cond``: on XLA:CPU a convolution inside a conditional branch ran 25x slower than at
+        top level (0.98 s vs 0.038 s, small ResNet).
 
     Returns:
       ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars.
     """
     hyper = gate_mode == "hypergradient"
-    g_r_fn = regularizer_grad(objective) if hyper and hyper_step else None
+    variant = {False: None, True: "exact"}.get(hyper_step, hyper_step)
+    if variant not in (None, "exact", "store", "apply"):
+        raise ValueError(
+            f"hyper_step={hyper_step!r} is not supported; use False, True, 'store' or 'apply'"
+        )
+    computes_g_r = variant in ("exact", "store")
+    g_r_fn = regularizer_grad(objective) if hyper and computes_g_r else None
     k = max(int(hyper_every), 1)
 
     def step(state: TrainState, ewc: PyTree, batch: dict):
@@ -98,7 +113,7 @@ def make_train_step(
         aux = {**aux, "labels": batch["label"]}
         metrics = _flatten_metrics(loss, aux, grads["backbone"], lr)
         new_hyper = state.hyper
-        if hyper and hyper_step:
+        if hyper and variant is not None:
             params, new_hyper, hmetrics = _hyper_update(
                 state, params, grads, aux, obj_state, batch, rng, t, lr
             )
@@ -121,10 +136,13 @@ def make_train_step(
 
     def _hyper_update(state, params, grads, aux, obj_state, batch, rng, t, lr):
         buf = state.hyper
-        g_r = g_r_fn(state.params, obj_state, batch, rng)["backbone"]
+        if g_r_fn is not None:
+            g_r = g_r_fn(state.params, obj_state, batch, rng)["backbone"]
+        else:  # 'apply': g_R,t estimated by the stored g_R,t-1
+            g_r = buf["g_r"]
         gate = aux["gate"]
         g_ce = jax.tree.map(lambda g, r: g - gate * r, grads["backbone"], g_r)
-        do_h = (t % k == 0) & buf["valid"]
+        do_h = (t % k == 0) & buf["valid"] & (variant != "store")
         h = jnp.where(do_h, losses.gate_hypergradient(g_ce, buf["g_r"], learning_rate=lr), 0.0)
         phi = state.params["neuromod"]
 
@@ -140,7 +158,7 @@ def make_train_step(
         new_phi = jax.tree.map(
             lambda p, a, b: p - jnp.where(do_h, nm_lr * (h * a + b), 0.0), phi, dnu, dprior
         )
-        store = t % k == k - 1
+        store = (t % k == k - 1) & computes_g_r
         new_buf = {
             "g_r": jax.tree.map(lambda new, old: jnp.where(store, new, old), g_r, buf["g_r"]),
             "s": jnp.where(store, aux["gate_input"], buf["s"]),
@@ -153,9 +171,32 @@ def make_train_step(
 
 
 def uses_hyper_step(t: int, hyper_every: int) -> bool:
-    """Whether phase-local step ``t`` runs the hypergradient variant of the train step."""
+    """Whether phase-local step ``t`` runs a hypergradient variant of the train step."""
     k = max(int(hyper_every), 1)
     return t % k in (0, k - 1)
+
+
+#: Valid values of ``nm.hyper_g_r``.
+HYPER_G_R_MODES: tuple[str, ...] = ("recompute", "reuse")
+
+
+def hyper_variant(t: int, hyper_every: int, g_r_mode: str = "recompute") -> bool | str:
+    """The ``hyper_step`` variant phase-local step ``t`` runs (``False`` = the plain step).
+
+    ``'recompute'``: ``True`` (exact variant) on both hypergradient steps. ``'reuse'``: ``'store'``
+    at ``t % k == k − 1`` and ``'apply'`` at ``t % k == 0``; with ``k = 1`` every step needs g_R
+    anyway, so it is the exact variant.
+    """
+    if g_r_mode not in HYPER_G_R_MODES:
+        raise ValueError(
+            f"nm.hyper_g_r={g_r_mode!r} is not supported; use one of {HYPER_G_R_MODES}"
+        )
+    k = max(int(hyper_every), 1)
+    if not uses_hyper_step(t, k):
+        return False
+    if g_r_mode == "recompute" or k == 1:
+        return True
+    return "store" if t % k == k - 1 else "apply"
 
 
 def make_eval_step(model) -> Callable:
