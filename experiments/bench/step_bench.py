@@ -8,19 +8,25 @@ interleaved so machine load hits every variant alike:
 
   (a) ``ce``            the plain cross-entropy step (method ``baseline``),
   (b) ``p1_plain``      the NM-Hebb phase-1 step (Hebbian + gate + EWC with a non-zero Fisher),
-      ``p1_hyper``      its hypergradient variant (runs 2 of every ``nm.hyper_every`` steps),
+      ``p1_hyper``      its exact hypergradient variant (``nm.hyper_g_r='recompute'``, the
+                        default: 2 of every ``nm.hyper_every`` steps),
       ``p1_mean``       = (2·p1_hyper + (k−2)·p1_plain)/k, what a phase-1 step costs on average,
+      ``p1_store``, ``p1_apply``, ``p1_mean_reuse``: the same with ``nm.hyper_g_r='reuse'``
+                        (one step stores g_R, the next applies the stored one without a g_R pass),
   (c) ``p2``            the phase-2 step (pairwise metric + CE + EWC on P×K batches),
 
-and reports images/s, median/min/max step time, compile time, XLA's FLOP count of each step
-(``compiled.cost_analysis()``), achieved FLOP/s and its fraction of an assumed peak, the ratios
-p1_mean/ce and p2/ce measured in the same run, and peak memory (device peak on GPU, process peak
-RSS on CPU). Prints a table and writes JSON (``--out``). Timings, not tests: they depend on the
-machine; on CPU XLA's convolutions are slow (see BENCHMARKS.md).
+Variants take round-robin turns of ``--steps-per-turn`` consecutive steps; the first step of a
+turn is not counted (see torch_reference.py). Reported: images/s, median/min/max step time,
+compile time, model FLOPs per step (:func:`model_train_flops`; XLA's ``cost_analysis()`` count
+is kept in the JSON as ``xla_gflop_per_step``), achieved FLOP/s and its fraction of the peak, the
+ratios to ``ce`` measured in the same run, and peak memory (device peak on GPU, process peak RSS
+on CPU). Prints a table and writes JSON (``--out``). Timings, not tests: they depend on the
+machine. ``nm_hebb_jax.cpu_runtime.configure()`` is applied first, as in ``main.py``
+(``--no-cpu-tuning`` skips it).
 
-The assumed CPU peak is cores × clock × 64 FP32 FLOP/cycle (two 512-bit FMA units); pass
-``--peak-gflops`` for your machine. On GPU the default peak is the H100 SXM dense figure for the
-dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32 without TF32).
+The CPU peak is measured in the run (:func:`measured_gemm_gflops`, a 2048x2048 FP32 XLA matmul);
+pass ``--peak-gflops`` to use another. On GPU the default peak is the H100 SXM dense figure for
+the dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32 without TF32).
 """
 
 from __future__ import annotations
@@ -32,15 +38,20 @@ import resource
 import time
 
 import jax
+import jax.extend
 import numpy as np
 
+from nm_hebb_jax import cpu_runtime
 from nm_hebb_jax.config_base import apply_smoke, get_base_config
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import Trainer, build_run
 from nm_hebb_jax.train.state import init_ewc_state
 
+#: ``nm.hyper_every`` of the benchmarked phase-1 schedule (the config default).
+HYPER_EVERY = 10
 
-def make_config(model: str, method: str, batch: int, dtype: str):
+
+def make_config(model: str, method: str, batch: int, dtype: str, g_r_mode: str = "recompute"):
     c = get_base_config()
     apply_smoke(c)  # digits data (offline); the model is made full size again below
     c.model.name = model
@@ -50,30 +61,87 @@ def make_config(model: str, method: str, batch: int, dtype: str):
     c.batch_size = batch
     c.data.val_size = 200
     c.ewc.fisher_examples = 64
-    c.nm.hyper_every = 10
+    c.nm.hyper_every = HYPER_EVERY
+    c.nm.hyper_g_r = g_r_mode
     return c
 
 
-def cpu_peak_gflops() -> tuple[float, str]:
-    mhz = 0.0
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    mhz = max(mhz, float(line.split(":")[1]))
-    except OSError:
-        pass
-    cores = os.cpu_count() or 1
-    ghz = mhz / 1000 if mhz else 2.0
-    return cores * ghz * 64, f"{cores} cores x {ghz:.2f} GHz x 64 FP32 FLOP/cycle (2x AVX-512 FMA)"
+def _eqn_flops(eqn) -> float:
+    """2 x multiply-adds of one conv or dot equation (0 for anything else)."""
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+        out = eqn.outvars[0].aval.shape
+        rhs = eqn.invars[1].aval.shape
+        spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
+        per_output = np.prod([rhs[d] for d in spec[1:]])  # in-features per group x window
+        return 2.0 * float(np.prod(out)) * float(per_output)
+    if name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return (
+            2.0
+            * float(np.prod(eqn.outvars[0].aval.shape))
+            * float(np.prod([lhs[d] for d in contract]))
+        )
+    return 0.0
+
+
+def _jaxpr_flops(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        total += _eqn_flops(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_flops(sub)
+    return total
+
+
+def model_train_flops(model: str, batch: int, image_size: int = 32, num_classes: int = 10) -> float:
+    """Model FLOPs of one training step: 3 x the forward pass's conv + dense FLOPs.
+
+    The usual MFU convention (backward = 2 x forward; BatchNorm, activations and the optimiser
+    are not counted). The forward is traced with ``depthwise_impl='conv'`` so a depthwise layer
+    counts its k*k*C multiply-adds per pixel, whatever implementation the timed step uses.
+    XLA's own ``cost_analysis()`` count is reported beside it: it also counts elementwise work,
+    and for grouped convolutions it is far higher (MobileNet-v2: ~5x).
+    """
+    from nm_hebb_jax.models import get_model
+
+    net = get_model(model, num_classes=num_classes, depthwise_impl="conv")
+    x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
+    variables = jax.eval_shape(lambda: net.init(jax.random.key(0), np.zeros(x.shape, x.dtype)))
+    jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables, x)
+    return 3.0 * _jaxpr_flops(jaxpr.jaxpr)
+
+
+def measured_gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best FP32 GFLOP/s of an ``n x n`` XLA matrix product on this machine (median of repeats).
+
+    The CPU reference for "% of peak": the datasheet bound needs the turbo clock, which
+    /proc/cpuinfo does not give (this VM reports 2.6 GHz, yet its GEMM runs at ~440 GFLOP/s, above
+    2 cores x 2.6 GHz x 64 FLOP/cycle = 332).
+    """
+    a = jax.numpy.ones((n, n), np.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(f(a, a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times)) / 1e9
 
 
 def build_variants(model: str, batch: int, dtype: str):
     """Compiled step functions and their inputs for one backbone."""
     variants = {}
     mesh = S.make_mesh()
-    for method, phase in (("baseline", 1), ("nm_hebb", 1), ("nm_hebb", 2)):
-        cfg = make_config(model, method, batch, dtype)
+    for method, phase, g_r_mode in (
+        ("baseline", 1, "recompute"),
+        ("nm_hebb", 1, "recompute"),
+        ("nm_hebb", 1, "reuse"),
+        ("nm_hebb", 2, "recompute"),
+    ):
+        cfg = make_config(model, method, batch, dtype, g_r_mode)
         run = build_run(cfg, mesh=mesh)
         trainer = Trainer(run, "/nonexistent-not-written")
         params, bs = trainer.init_variables()
@@ -88,8 +156,10 @@ def build_variants(model: str, batch: int, dtype: str):
         gbatch = S.global_batch(batch_np, mesh)
         if method == "baseline":
             names = {"ce": step_for(start)}
-        elif phase == 1:
+        elif phase == 1 and g_r_mode == "recompute":
             names = {"p1_plain": step_for(start + 1), "p1_hyper": step_for(start)}
+        elif phase == 1:  # t % k == k - 1 stores g_R, t % k == 0 applies the stored one
+            names = {"p1_store": step_for(start + HYPER_EVERY - 1), "p1_apply": step_for(start)}
         else:
             names = {"p2": step_for(start)}
         for name, fn in names.items():
@@ -108,7 +178,9 @@ def build_variants(model: str, batch: int, dtype: str):
     return variants
 
 
-def bench_model(model, batch, dtype, repeats, warmup):
+def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn):
+    """Round-robin turns of ``steps_per_turn`` consecutive steps per variant; the first step of
+    a turn (it pays for switching buffers, see torch_reference.py) is not in the sample."""
     variants = build_variants(model, batch, dtype)
     for v in variants.values():
         for _ in range(warmup):
@@ -116,9 +188,12 @@ def bench_model(model, batch, dtype, repeats, warmup):
     times = {n: [] for n in variants}
     for _ in range(repeats):
         for name, v in variants.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(v["fn"](*v["args"]))
-            times[name].append(time.perf_counter() - t0)
+            turn = []
+            for _ in range(steps_per_turn):
+                t0 = time.perf_counter()
+                jax.block_until_ready(v["fn"](*v["args"]))
+                turn.append(time.perf_counter() - t0)
+            times[name].extend(turn[1:] if len(turn) > 1 else turn)
     return variants, times
 
 
@@ -129,14 +204,20 @@ def main():
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps-per-turn", type=int, default=3)
     p.add_argument("--peak-gflops", type=float, default=0.0)
     p.add_argument("--out", default="")
+    p.add_argument(
+        "--no-cpu-tuning", action="store_true", help="skip nm_hebb_jax.cpu_runtime.configure()"
+    )
     args = p.parse_args()
+    tuning = [] if args.no_cpu_tuning else cpu_runtime.configure()  # before JAX starts
     backend = jax.default_backend()
     if args.peak_gflops:
         peak, peak_how = args.peak_gflops, "given with --peak-gflops"
     elif backend == "cpu":
-        peak, peak_how = cpu_peak_gflops()
+        peak = measured_gemm_gflops()
+        peak_how = "measured: XLA FP32 2048x2048 matmul in this run (median of 5)"
     else:
         peak = 989e3 if args.dtype == "bfloat16" else 67e3
         peak_how = f"H100 SXM dense {args.dtype} datasheet figure"
@@ -148,22 +229,40 @@ def main():
         "repeats": args.repeats,
         "peak_gflops": peak,
         "peak_assumption": peak_how,
+        "cpu_tuning_flags": tuning,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "models": {},
     }
     for model in [m for m in args.models.split(",") if m]:
-        variants, times = bench_model(model, args.batch, args.dtype, args.repeats, args.warmup)
-        k = 10
+        variants, times = bench_model(
+            model, args.batch, args.dtype, args.repeats, args.warmup, args.steps_per_turn
+        )
+        k = HYPER_EVERY
         med = {n: float(np.median(t)) for n, t in times.items()}
         med["p1_mean"] = (2 * med["p1_hyper"] + (k - 2) * med["p1_plain"]) / k
+        med["p1_mean_reuse"] = (med["p1_store"] + med["p1_apply"] + (k - 2) * med["p1_plain"]) / k
         rows = {}
-        for name in ("ce", "p1_plain", "p1_hyper", "p1_mean", "p2"):
+        model_flops = model_train_flops(model, args.batch)
+        for name in (
+            "ce",
+            "p1_plain",
+            "p1_hyper",
+            "p1_mean",
+            "p1_store",
+            "p1_apply",
+            "p1_mean_reuse",
+            "p2",
+        ):
             t = med[name]
-            flops = (
-                variants[name]["flops"]
-                if name in variants
-                else (2 * variants["p1_hyper"]["flops"] + (k - 2) * variants["p1_plain"]["flops"])
-                / k
-            )
+            if name in variants:
+                xla_flops = variants[name]["flops"]
+            else:
+                parts = ("p1_hyper", "p1_hyper") if name == "p1_mean" else ("p1_store", "p1_apply")
+                xla_flops = (
+                    sum(variants[q]["flops"] for q in parts)
+                    + (k - 2) * variants["p1_plain"]["flops"]
+                ) / k
+            flops = model_flops
             rows[name] = {
                 "median_s": t,
                 "min_s": float(min(times[name])) if name in times else None,
@@ -171,6 +270,7 @@ def main():
                 "images_per_s": args.batch / t,
                 "compile_s": variants[name]["compile_s"] if name in variants else None,
                 "gflop_per_step": flops / 1e9,
+                "xla_gflop_per_step": xla_flops / 1e9,
                 "achieved_gflops": flops / 1e9 / t,
                 "fraction_of_peak": flops / 1e9 / t / peak,
             }
@@ -182,13 +282,15 @@ def main():
             "steps": rows,
             "p1_mean_over_ce": med["p1_mean"] / med["ce"],
             "p1_hyper_over_ce": med["p1_hyper"] / med["ce"],
+            "p1_mean_reuse_over_ce": med["p1_mean_reuse"] / med["ce"],
+            "p1_plain_over_ce": med["p1_plain"] / med["ce"],
             "p2_over_ce": med["p2"] / med["ce"],
             "peak_memory_bytes": mem,
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
         print(f"\n{model}  batch {args.batch}  {args.dtype}  {backend}  ({args.repeats} repeats)")
         print(
-            f"{'step':10s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>8s} "
+            f"{'step':13s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>8s} "
             f"{'compile s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'%peak':>6s}"
         )
         for name, r in rows.items():
@@ -196,16 +298,18 @@ def main():
             mx = f"{r['max_s']:.3f}" if r["max_s"] is not None else "-"
             cs = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
             print(
-                f"{name:10s} {r['median_s']:9.3f} {mn:>7s} {mx:>7s} {r['images_per_s']:8.1f} "
+                f"{name:13s} {r['median_s']:9.3f} {mn:>7s} {mx:>7s} {r['images_per_s']:8.1f} "
                 f"{cs:>9s} {r['gflop_per_step']:8.1f} {r['achieved_gflops']:8.1f} "
                 f"{100 * r['fraction_of_peak']:6.1f}"
             )
         m = report["models"][model]
         print(
             f"ratios (same run): p1_mean/ce {m['p1_mean_over_ce']:.3f}  "
+            f"p1_mean_reuse/ce {m['p1_mean_reuse_over_ce']:.3f}  "
+            f"p1_plain/ce {m['p1_plain_over_ce']:.3f}  "
             f"p1_hyper/ce {m['p1_hyper_over_ce']:.3f}  p2/ce {m['p2_over_ce']:.3f}"
         )
-    print(f"\npeak assumed: {peak:.0f} GFLOP/s ({peak_how})")
+    print(f"\npeak: {peak:.0f} GFLOP/s ({peak_how})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

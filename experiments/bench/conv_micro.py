@@ -1,0 +1,159 @@
+r"""Single-layer XLA:CPU measurements behind the CPU defaults (BENCHMARKS.md, notes table).
+
+  python experiments/bench/conv_micro.py            # both XLA conv back-ends, all cases
+  python experiments/bench/conv_micro.py --out experiments/bench/results/conv_micro_cpu.json
+
+Each case is one jitted function on fixed random inputs, timed as the median of ``--repeats``
+calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes at batch 128:
+
+  dense_{fwd,dx,dw}     3x3 conv 64->64 on 32x32: forward, input gradient, kernel gradient;
+  dense_im2col_fwd      the same forward as 9 shifted slices concatenated + one matrix product;
+  dense_dw_taps         the kernel gradient as 9 per-tap matrix products (no transposes);
+  dense_dw_after_bn     kernel gradient when its input is BN-scale+ReLU of the stored map
+                        (XLA fuses that recomputation into the transpose the gradient needs);
+  depthwise_{conv,shifts}_{fwd,dx,dw}   3x3 depthwise conv, 144 channels on 32x32, as lax's
+                        grouped convolution and as :func:`nm_hebb_jax.models.layers.depthwise_conv`
+                        ``'shifts'``.
+
+The whole set runs twice, in two subprocesses: with jaxlib's default (YNNPACK convolutions) and
+with ``nm_hebb_jax.cpu_runtime.CPU_XLA_FLAGS`` (XLA's own), since XLA reads its flags once per
+process. Timings, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def cases():
+    import jax
+    import jax.numpy as jnp
+
+    from nm_hebb_jax.models.layers import depthwise_conv
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+    def dx(g, w, x):
+        return jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+
+    def dw(g, x, w):
+        return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
+
+    def im2col_fwd(x, w):
+        n, h, wd, c = x.shape
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        cols = [xp[:, i : i + h, j : j + wd, :] for i in range(3) for j in range(3)]
+        out = jnp.concatenate(cols, -1).reshape(-1, 9 * c) @ w.reshape(9 * c, -1)
+        return out.reshape(n, h, wd, -1)
+
+    def dw_taps(g, x):
+        n, h, wd, c = x.shape
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        gm = g.reshape(-1, g.shape[-1])
+        taps = [
+            jax.lax.dot_general(
+                xp[:, i : i + h, j : j + wd, :].reshape(-1, c), gm, (((0,), (0,)), ((), ()))
+            )
+            for i in range(3)
+            for j in range(3)
+        ]
+        return jnp.stack(taps).reshape(3, 3, c, -1)
+
+    def dw_after_bn(g, x, s, w):
+        return dw(g, jax.nn.relu(x * s + s), w)
+
+    key = iter(jax.random.split(jax.random.key(0), 8))
+    x = jax.random.normal(next(key), (128, 32, 32, 64))
+    w = jax.random.normal(next(key), (3, 3, 64, 64)) * 0.05
+    g = jax.random.normal(next(key), (128, 32, 32, 64))
+    s = jnp.full((64,), 1.1)
+    xd = jax.random.normal(next(key), (128, 32, 32, 144))
+    wd = jax.random.normal(next(key), (3, 3, 1, 144)) * 0.3
+    gd = jax.random.normal(next(key), (128, 32, 32, 144))
+
+    def dwise(impl):
+        return lambda x, w: depthwise_conv(x, w, 1, impl)
+
+    out = {
+        "dense_fwd": (conv, (x, w)),
+        "dense_dx": (dx, (g, w, x)),
+        "dense_dw": (dw, (g, x, w)),
+        "dense_im2col_fwd": (im2col_fwd, (x, w)),
+        "dense_dw_taps": (dw_taps, (g, x)),
+        "dense_dw_after_bn": (dw_after_bn, (g, x, s, w)),
+    }
+    for impl in ("conv", "shifts"):
+        f = dwise(impl)
+        out[f"depthwise_{impl}_fwd"] = (f, (xd, wd))
+        out[f"depthwise_{impl}_dx"] = (
+            lambda g, w, x, f=f: jax.vjp(lambda x: f(x, w), x)[1](g)[0],
+            (gd, wd, xd),
+        )
+        out[f"depthwise_{impl}_dw"] = (
+            lambda g, x, w, f=f: jax.vjp(lambda w: f(x, w), w)[1](g)[0],
+            (gd, xd, wd),
+        )
+    return out
+
+
+def run_cases(repeats: int) -> dict:
+    import jax
+
+    res = {}
+    for name, (fn, args) in cases().items():
+        c = jax.jit(fn).lower(*args).compile()
+        for _ in range(2):
+            jax.block_until_ready(c(*args))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(c(*args))
+            times.append(time.perf_counter() - t0)
+        res[name] = {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times)}
+    return res
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--out", default="")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(run_cases(args.repeats)))
+        return
+    from nm_hebb_jax.cpu_runtime import CPU_XLA_FLAGS
+
+    report = {}
+    for label, flags in (("ynnpack_default", ""), ("cpu_tuning", " ".join(CPU_XLA_FLAGS))):
+        env = {**os.environ, "XLA_FLAGS": flags}
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", "--repeats", str(args.repeats)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        report[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'case':28s} {'YNNPACK ms':>11s} {'cpu_tuning ms':>14s}")
+    for name in report["cpu_tuning"]:
+        a = report["ynnpack_default"][name]["median_ms"]
+        b = report["cpu_tuning"][name]["median_ms"]
+        print(f"{name:28s} {a:11.1f} {b:14.1f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+r"""Where the NM-Hebb phase-1 step's extra time on XLA:CPU comes from (ResNet-18, batch 128).
+
+  python experiments/bench/phase1_overhead_bench.py [--model resnet18] [--repeats 4]
+  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce \
+      python experiments/bench/phase1_overhead_bench.py      # also without YNNPACK reductions
+
+Times the trainer's plain phase-1 step for methods whose objectives differ by one thing:
+
+  ``baseline``        cross-entropy only;
+  ``hebb_only``       + the Hebbian term;
+  ``ewc_only``        + the EWC term (the gradient reaches every parameter);
+  ``ewc_no_grad``     ``ewc_only`` with the EWC penalty computed on ``stop_gradient(params)``:
+                      the same forward values, no EWC gradient (diagnostic only, not a method);
+  ``ewc_analytic``    ``ewc_only`` with the EWC gradient written out by hand (``custom_vjp``,
+                      2 F̃ (θ − θ*)), to see whether autodiff's form of it matters.
+
+Turns of 3 consecutive steps per variant, round-robin; the first step of a turn is dropped.
+Prints each median and its ratio to ``baseline`` measured in the same run. With ``--profile`` it
+then traces 2 steps of each variant (``jax.profiler``, Perfetto JSON) and prints the time per
+step spent in XLA's ``transpose*`` fusions (the inputs of the kernel-gradient convolutions).
+Timings, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from step_bench import make_config  # noqa: E402
+
+from nm_hebb_jax import cpu_runtime, losses, objectives  # noqa: E402
+from nm_hebb_jax.train import sharding as S  # noqa: E402
+from nm_hebb_jax.train.loop import Trainer, build_run  # noqa: E402
+from nm_hebb_jax.train.state import init_ewc_state  # noqa: E402
+
+_ORIGINAL = losses.ewc_penalty
+
+
+def _no_grad(params, anchor, fisher, normalize=True):
+    return _ORIGINAL(jax.lax.stop_gradient(params), anchor, fisher, normalize=normalize)
+
+
+@jax.custom_vjp
+def _analytic(params, anchor, fisher):
+    return _ORIGINAL(params, anchor, fisher)
+
+
+def _analytic_fwd(params, anchor, fisher):
+    return _ORIGINAL(params, anchor, fisher), (params, anchor, fisher)
+
+
+def _analytic_bwd(res, ct):
+    params, anchor, fisher = res
+    total = sum(jnp.sum(f) for f in jax.tree.leaves(fisher))
+    total = jnp.where(total > 0, total, 1.0)
+    grad = jax.tree.map(lambda p, a, f: ct * 2.0 * f * (p - a) / total, params, anchor, fisher)
+    zeros = jax.tree.map(jnp.zeros_like, anchor)
+    return grad, zeros, jax.tree.map(jnp.zeros_like, fisher)
+
+
+_analytic.defvjp(_analytic_fwd, _analytic_bwd)
+
+VARIANTS = {
+    "baseline": ("baseline", None),
+    "hebb_only": ("hebb_only", None),
+    "ewc_only": ("ewc_only", None),
+    "ewc_no_grad": ("ewc_only", _no_grad),
+    "ewc_analytic": ("ewc_only", lambda p, a, f, normalize=True: _analytic(p, a, f)),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    cpu_runtime.configure()
+    mesh = S.make_mesh()
+    steps = {}
+    for name in args.variants.split(","):
+        method, penalty = VARIANTS[name]
+        objectives.losses.ewc_penalty = penalty or _ORIGINAL
+        try:
+            cfg = make_config(args.model, method, args.batch, "float32")
+            run = build_run(cfg, mesh=mesh)
+            trainer = Trainer(run, "/nonexistent-not-written")
+            params, bs = trainer.init_variables()
+            plan, tx, step_for, start, _ = trainer.phase_setup(1)
+            state = trainer.make_state(params, bs, start, tx, plan)
+            if plan.uses_ewc:
+                ewc = trainer.compute_ewc(state, refresh_index=0)
+            else:
+                ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
+            batch = S.global_batch(run.dataset.train_batch(0, batch_size=args.batch), mesh)
+            fn = step_for(start + 1).lower(state, ewc, batch).compile()  # the plain variant
+        finally:
+            objectives.losses.ewc_penalty = _ORIGINAL
+        steps[name] = (fn, (state, ewc, batch))
+    for fn, a in steps.values():
+        jax.block_until_ready(fn(*a))
+    times = {n: [] for n in steps}
+    for _ in range(args.repeats):
+        for name, (fn, a) in steps.items():
+            turn = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*a))
+                turn.append(time.perf_counter() - t0)
+            times[name] += turn[1:]
+    base = float(np.median(times[next(iter(steps))]))
+    print(f"{args.model} batch {args.batch}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    for name, t in times.items():
+        med = float(np.median(t))
+        print(f"{name:14s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
+    if args.profile:
+        for name, (fn, a) in steps.items():
+            print(f"{name:14s} transpose fusions {1e3 * transpose_seconds(fn, a):7.1f} ms/step")
+
+
+def transpose_seconds(fn, args, steps: int = 2) -> float:
+    """Seconds per step in XLA ``transpose*`` fusions, from a jax.profiler Perfetto trace."""
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(steps):
+                jax.block_until_ready(fn(*args))
+        path = glob.glob(os.path.join(d, "**", "*.json.gz"), recursive=True)[0]
+        with gzip.open(path) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and str(e.get("name", "")).startswith("transpose"):
+            total["t"] += e["dur"]
+    return total["t"] / 1e6 / steps
+
+
+if __name__ == "__main__":
+    main()
