@@ -102,19 +102,37 @@ def tap_kwargs(module: nn.Module) -> dict[str, Any]:
     }
 
 
+def check_depthwise_impl(value: str) -> None:
+    """Raises a one-line ValueError unless ``value`` is one of :data:`DEPTHWISE_IMPLS`."""
+    if value not in DEPTHWISE_IMPLS:
+        raise ValueError(
+            f"depthwise_impl={value!r} is not supported; choose one of {DEPTHWISE_IMPLS}"
+        )
+
+
 def resolve_depthwise_impl(impl: str) -> str:
     """``'auto'`` -> ``'shifts'`` on the CPU backend, ``'conv'`` elsewhere; checks the value.
 
     Raises:
       ValueError: ``impl`` is not one of :data:`DEPTHWISE_IMPLS`.
     """
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(
-            f"depthwise_impl={impl!r} is not supported; choose one of {DEPTHWISE_IMPLS}"
-        )
+    check_depthwise_impl(impl)
     if impl == "auto":
         return "shifts" if jax.default_backend() == "cpu" else "conv"
     return impl
+
+
+def conv2d(x: Array, kernel: Array, strides: int, groups: int = 1) -> Array:
+    """``lax.conv_general_dilated`` in NHWC/HWIO with symmetric padding ``(k - 1) // 2``."""
+    pad = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
 
 
 def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
@@ -138,17 +156,10 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
     Returns:
       ``[N, ceil(H / strides), ceil(W / strides), C]``.
     """
+    if resolve_depthwise_impl(impl) == "conv":
+        return conv2d(x, kernel, strides, groups=x.shape[-1])
     k = kernel.shape[0]
     pad = (k - 1) // 2
-    if resolve_depthwise_impl(impl) == "conv":
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(strides, strides),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1],
-        )
     n, h, w, c = x.shape
     ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -272,20 +283,11 @@ class ConvBN(nn.Module):
             (k, k, in_features // self.groups, self.features),
             jnp.float32,
         )
-        pad = (k - 1) // 2
+        x, kernel_c = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.groups > 1 and self.groups == in_features == self.features:
-            y = depthwise_conv(
-                x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.depthwise_impl
-            )
+            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl)
         else:
-            y = jax.lax.conv_general_dilated(
-                x.astype(self.dtype),
-                kernel.astype(self.dtype),
-                window_strides=(self.strides, self.strides),
-                padding=((pad, pad), (pad, pad)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=self.groups,
-            )
+            y = conv2d(x, kernel_c, self.strides, self.groups)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -341,11 +343,7 @@ class Backbone(nn.Module):
         if not isinstance(self.hebb_layers, tuple):
             object.__setattr__(self, "hebb_layers", tuple(self.hebb_layers))
         check_hebb_activation(self.hebb_activation)
-        if self.depthwise_impl not in DEPTHWISE_IMPLS:
-            raise ValueError(
-                f"depthwise_impl={self.depthwise_impl!r} is not supported; choose one of "
-                f"{DEPTHWISE_IMPLS}"
-            )
+        check_depthwise_impl(self.depthwise_impl)
         super().__post_init__()
 
     def unit_kwargs(self) -> dict[str, Any]:
