@@ -200,6 +200,9 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     c = load_config("quickstart")
     c.init_from = str(tmp_path / "missing")
     cases.append((c, "init_from"))
+    c = load_config("quickstart")
+    c.nm.hyper_g_r = "sometimes"
+    cases.append((c, "nm.hyper_g_r='sometimes'"))
     for config, needle in cases:
         workdir = tmp_path / f"w{len(os.listdir(tmp_path))}"
         with pytest.raises(RunError) as e:

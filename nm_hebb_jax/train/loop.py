@@ -45,7 +45,6 @@ from nm_hebb_jax.train.state import (
     make_schedule,
 )
 from nm_hebb_jax.train.steps import (
-    HYPER_G_R_MODES,
     hyper_variant,
     make_eval_step,
     make_fisher_fn,
@@ -184,10 +183,7 @@ def build_run(config, *, mesh=None) -> Run:
                 f"unknown nm.gate_learning {config.nm.gate_learning!r}; "
                 "use 'hypergradient', 'joint_prior' or 'fixed'"
             )
-        if config.nm.hyper_g_r not in HYPER_G_R_MODES:
-            raise RunError(
-                f"unknown nm.hyper_g_r {config.nm.hyper_g_r!r}; use one of {HYPER_G_R_MODES}"
-            )
+        hyper_variant(0, config.nm.hyper_every, config.nm.hyper_g_r)  # checks nm.hyper_g_r
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
     spe = dataset.steps_per_epoch(config.batch_size)
@@ -293,12 +289,12 @@ class Trainer:
         self.compiled[f"phase{phase}"] = plain
         variants = {}
         if plan.gate_mode == "hypergradient":
-            names = {True: "hyper"}  # the variants this schedule uses (hyper_variant)
-            if cfg.nm.hyper_g_r == "reuse" and max(int(cfg.nm.hyper_every), 1) > 1:
-                names = {"store": "hyper_store", "apply": "hyper_apply"}
-            for v, name in names.items():
+            k, mode = cfg.nm.hyper_every, cfg.nm.hyper_g_r
+            used = {hyper_variant(t, k, mode) for t in range(max(int(k), 1))} - {False}
+            names = {True: "hyper", "store": "hyper_store", "apply": "hyper_apply"}
+            for v in sorted(used, key=str):
                 variants[v] = compile_(v)
-                self.compiled[f"phase{phase}_{name}"] = variants[v]
+                self.compiled[f"phase{phase}_{names[v]}"] = variants[v]
 
         def step_for(step: int):
             """The compiled step to run at global step ``step``."""
