@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +38,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step_bench import make_config  # noqa: E402
+from step_bench import make_config, prepare_phase, time_turns  # noqa: E402
 
 from nm_hebb_jax import cpu_runtime, losses, objectives  # noqa: E402
 from nm_hebb_jax.train import sharding as S  # noqa: E402
-from nm_hebb_jax.train.loop import Trainer, build_run  # noqa: E402
-from nm_hebb_jax.train.state import init_ewc_state  # noqa: E402
 
 _ORIGINAL = losses.ewc_penalty
 
@@ -98,31 +95,15 @@ def main():
         objectives.losses.ewc_penalty = penalty or _ORIGINAL
         try:
             cfg = make_config(args.model, method, args.batch, "float32")
-            run = build_run(cfg, mesh=mesh)
-            trainer = Trainer(run, "/nonexistent-not-written")
-            params, bs = trainer.init_variables()
-            plan, tx, step_for, start, _ = trainer.phase_setup(1)
-            state = trainer.make_state(params, bs, start, tx, plan)
-            if plan.uses_ewc:
-                ewc = trainer.compute_ewc(state, refresh_index=0)
-            else:
-                ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
-            batch = S.global_batch(run.dataset.train_batch(0, batch_size=args.batch), mesh)
-            fn = step_for(start + 1).lower(state, ewc, batch).compile()  # the plain variant
+            step_for, start, step_args = prepare_phase(cfg, mesh)
+            fn = step_for(start + 1).lower(*step_args).compile()  # the plain variant
         finally:
             objectives.losses.ewc_penalty = _ORIGINAL
-        steps[name] = (fn, (state, ewc, batch))
-    for fn, a in steps.values():
-        jax.block_until_ready(fn(*a))
-    times = {n: [] for n in steps}
-    for _ in range(args.repeats):
-        for name, (fn, a) in steps.items():
-            turn = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(*a))
-                turn.append(time.perf_counter() - t0)
-            times[name] += turn[1:]
+        steps[name] = (fn, step_args)
+    calls = {n: (lambda fn=fn, a=a: fn(*a)) for n, (fn, a) in steps.items()}
+    for call in calls.values():
+        jax.block_until_ready(call())
+    times = time_turns(calls, args.repeats, 3)
     base = float(np.median(times[next(iter(steps))]))
     print(f"{args.model} batch {args.batch}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     for name, t in times.items():

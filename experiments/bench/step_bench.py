@@ -131,6 +131,43 @@ def measured_gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e9
 
 
+def prepare_phase(cfg, mesh, phase: int = 1, batch: dict | None = None):
+    """The trainer's steps of one phase, ready to lower: ``(step_for, start, args)``.
+
+    ``args = (state, ewc, global_batch)`` as the trainer passes them: a freshly initialised
+    state, the EWC state (a real Fisher when the phase uses EWC, else zeros) and the first
+    training batch of the config's data (or ``batch``, a host ``{'image', 'label'}`` dict).
+    """
+    run = build_run(cfg, mesh=mesh)
+    trainer = Trainer(run, "/nonexistent-not-written")
+    params, bs = trainer.init_variables()
+    plan, tx, step_for, start, _ = trainer.phase_setup(phase)
+    state = trainer.make_state(params, bs, start, tx, plan)
+    if plan.uses_ewc:
+        ewc = trainer.compute_ewc(state, refresh_index=0)
+    else:
+        ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
+    if batch is None:
+        batch = run.dataset.train_batch(0, batch_size=cfg.batch_size, balanced=plan.balanced)
+    return step_for, start, (state, ewc, S.global_batch(batch, mesh))
+
+
+def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[float]]:
+    """Round-robin turns of ``steps_per_turn`` consecutive calls of each zero-argument ``fns``
+    entry (each returns what to block on). The first call of a turn pays for switching buffers
+    (see torch_reference.py) and is not in the sample unless it is the only one."""
+    times = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            turn = []
+            for _ in range(steps_per_turn):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                turn.append(time.perf_counter() - t0)
+            times[name].extend(turn[1:] if len(turn) > 1 else turn)
+    return times
+
+
 def build_variants(model: str, batch: int, dtype: str):
     """Compiled step functions and their inputs for one backbone."""
     variants = {}
@@ -142,18 +179,7 @@ def build_variants(model: str, batch: int, dtype: str):
         ("nm_hebb", 2, "recompute"),
     ):
         cfg = make_config(model, method, batch, dtype, g_r_mode)
-        run = build_run(cfg, mesh=mesh)
-        trainer = Trainer(run, "/nonexistent-not-written")
-        params, bs = trainer.init_variables()
-        plan, tx, step_for, start, _ = trainer.phase_setup(phase)
-        state = trainer.make_state(params, bs, start, tx, plan)
-        ewc = (
-            trainer.compute_ewc(state, refresh_index=0)
-            if plan.uses_ewc
-            else jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
-        )
-        batch_np = run.dataset.train_batch(0, batch_size=batch, balanced=plan.balanced)
-        gbatch = S.global_batch(batch_np, mesh)
+        step_for, start, args = prepare_phase(cfg, mesh, phase)
         if method == "baseline":
             names = {"ce": step_for(start)}
         elif phase == 1 and g_r_mode == "recompute":
@@ -164,14 +190,14 @@ def build_variants(model: str, batch: int, dtype: str):
             names = {"p2": step_for(start)}
         for name, fn in names.items():
             t0 = time.perf_counter()
-            compiled = fn.lower(state, ewc, gbatch).compile()
+            compiled = fn.lower(*args).compile()
             compile_s = time.perf_counter() - t0
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             flops = float(cost.get("flops", 0.0)) if cost else 0.0
             variants[name] = {
                 "fn": compiled,
-                "args": (state, ewc, gbatch),
+                "args": args,
                 "compile_s": compile_s,
                 "flops": flops,
             }
@@ -179,22 +205,13 @@ def build_variants(model: str, batch: int, dtype: str):
 
 
 def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn):
-    """Round-robin turns of ``steps_per_turn`` consecutive steps per variant; the first step of
-    a turn (it pays for switching buffers, see torch_reference.py) is not in the sample."""
+    """Builds the variants, warms them up and times them in turns (:func:`time_turns`)."""
     variants = build_variants(model, batch, dtype)
-    for v in variants.values():
+    calls = {n: (lambda v=v: v["fn"](*v["args"])) for n, v in variants.items()}
+    for call in calls.values():
         for _ in range(warmup):
-            jax.block_until_ready(v["fn"](*v["args"]))
-    times = {n: [] for n in variants}
-    for _ in range(repeats):
-        for name, v in variants.items():
-            turn = []
-            for _ in range(steps_per_turn):
-                t0 = time.perf_counter()
-                jax.block_until_ready(v["fn"](*v["args"]))
-                turn.append(time.perf_counter() - t0)
-            times[name].extend(turn[1:] if len(turn) > 1 else turn)
-    return variants, times
+            jax.block_until_ready(call())
+    return variants, time_turns(calls, repeats, steps_per_turn)
 
 
 def main():

@@ -194,11 +194,9 @@ class JaxWorker:
         import jax
 
         sys.path.insert(0, HERE)
-        from step_bench import make_config
+        from step_bench import make_config, prepare_phase
 
         from nm_hebb_jax.train import sharding as S
-        from nm_hebb_jax.train.loop import Trainer, build_run
-        from nm_hebb_jax.train.state import init_ewc_state
 
         data = np.load(batch_path)
         cfg = make_config(model, "baseline", int(data["image"].shape[0]), "float32")
@@ -208,14 +206,10 @@ class JaxWorker:
             from nm_hebb_jax import cpu_runtime
 
             cpu_runtime.configure()  # before the first JAX computation, as main.py does
-        mesh = S.make_mesh()
-        run = build_run(cfg, mesh=mesh)
-        trainer = Trainer(run, "/nonexistent-not-written")
-        params, bs = trainer.init_variables()
-        plan, tx, step_for, start, _ = trainer.phase_setup(1)
-        self.state = trainer.make_state(params, bs, start, tx, plan)
-        self.ewc = jax.device_put(init_ewc_state(self.state.params["backbone"]), trainer.repl)
-        self.batch = S.global_batch({"image": data["image"], "label": data["label"]}, mesh)
+        batch = {"image": data["image"], "label": data["label"]}
+        step_for, start, (self.state, self.ewc, self.batch) = prepare_phase(
+            cfg, S.make_mesh(), 1, batch
+        )
         t0 = time.perf_counter()
         self.fn = step_for(start).lower(self.state, self.ewc, self.batch).compile()
         compile_s = time.perf_counter() - t0
