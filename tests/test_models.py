@@ -336,6 +336,30 @@ def test_depthwise_shifts_equals_grouped_conv(strides, k, size):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk_examples", [1, 2, 6])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_depthwise_kernel_grad_chunks_equal_grouped_conv(chunk_examples, strides):
+    """The batch-chunked kernel gradient (scan over 6 / 3 chunks, or none) is the grouped
+    convolution's, in float32 and from bfloat16 inputs."""
+    from nm_hebb_jax.models.layers import conv2d, depthwise_kernel_grad
+
+    kx, kg = jax.random.split(jax.random.key(chunk_examples + 10 * strides))
+    x = jax.random.normal(kx, (6, 9, 9, 4))
+    w0 = jnp.zeros((3, 3, 1, 4))
+    y, vjp = jax.vjp(lambda w: conv2d(x, w, strides, groups=4), w0)
+    g = jax.random.normal(kg, y.shape)
+    (want,) = vjp(g)
+    per_example = (x[0].size + g[0].size) * 4
+    got = depthwise_kernel_grad(x, g, 3, strides, chunk_bytes=chunk_examples * per_example)
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    x16, g16 = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
+    chunk16 = chunk_examples * per_example // 2
+    got16 = depthwise_kernel_grad(x16, g16, 3, strides, chunk_bytes=chunk16)
+    assert got16.dtype == jnp.float32
+    np.testing.assert_allclose(got16, want, rtol=5e-2, atol=5e-2 * float(jnp.abs(want).max()))
+
+
 def test_depthwise_impl_choices_give_the_same_model():
     """A whole MobileNet-v2 (depthwise and stride-2 blocks) computes the same with either impl."""
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))

@@ -26,6 +26,7 @@ Conventions shared by all backbones:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -141,9 +142,9 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
     ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C``.
     ``impl='shifts'`` computes the same sum as k*k shifted, strided slices of the padded input
     times the per-channel taps: elementwise work that XLA fuses into one loop, where XLA:CPU's
-    grouped convolution is slow (BENCHMARKS.md, ``experiments/bench/conv_micro.py``: forward
-    429 -> 43 ms and input gradient 428 -> 24 ms on a [128, 32, 32, 144] map; the kernel gradient
-    costs about the same either way, 159 vs 169 ms).
+    grouped convolution is slow (BENCHMARKS.md, ``experiments/bench/conv_micro.py``). Its kernel
+    gradient is :func:`depthwise_kernel_grad` (a ``custom_vjp``), which reads each chunk of the
+    batch once for all k*k taps instead of streaming the whole batch k*k times.
     The two agree to float32 rounding (summation order differs). ``'auto'``: see
     :func:`resolve_depthwise_impl`.
 
@@ -158,23 +159,102 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
     """
     if resolve_depthwise_impl(impl) == "conv":
         return conv2d(x, kernel, strides, groups=x.shape[-1])
-    k = kernel.shape[0]
+    return _depthwise_shifts(x, kernel, strides)
+
+
+def _shifted_windows(x: Array, k: int, strides: int) -> list[Array]:
+    """The k*k strided windows of the zero-padded ``x`` that tap (i, j) multiplies, row-major."""
     pad = (k - 1) // 2
     n, h, w, c = x.shape
     ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return [
+        jax.lax.slice(
+            xp,
+            (0, i, j, 0),
+            (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
+            (1, strides, strides, 1),
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+
+
+def _depthwise_sum(x: Array, kernel: Array, strides: int) -> Array:
+    k = kernel.shape[0]
     out = None
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
-                xp,
-                (0, i, j, 0),
-                (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
-                (1, strides, strides, 1),
-            )
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
+    for t, window in enumerate(_shifted_windows(x, k, strides)):
+        term = window * kernel[t // k, t % k, 0]
+        out = term if out is None else out + term
     return out
+
+
+#: Bytes of input plus output gradient that one step of :func:`depthwise_kernel_grad`'s loop
+#: reads (a cache-sized chunk of the batch; ``experiments/bench/conv_micro.py`` picks it).
+DEPTHWISE_GRAD_CHUNK_BYTES = 4 << 20
+
+
+def depthwise_kernel_grad(
+    x: Array, g: Array, k: int, strides: int, chunk_bytes: int = DEPTHWISE_GRAD_CHUNK_BYTES
+) -> Array:
+    """Gradient of :func:`depthwise_conv`'s kernel: ``Σ_{n,h,w} window_ij[n,h,w,c] · g[n,h,w,c]``.
+
+    Written as k*k reductions over the whole batch, XLA:CPU streams ``x`` and ``g`` from memory
+    once per tap. Here a ``lax.scan`` over chunks of the batch (the largest divisor of ``N``
+    whose ``x`` and ``g`` fit in ``chunk_bytes``) computes all taps of a chunk while it is in
+    cache, accumulating in float32: 3x faster on MobileNet-v2's largest maps.
+
+    Args:
+      x: the layer input ``[N, H, W, C]``.
+      g: the output cotangent ``[N, Ho, Wo, C]``.
+      k: kernel size.
+      strides: spatial stride.
+      chunk_bytes: cache budget of one loop step.
+
+    Returns:
+      ``[k, k, 1, C]`` in float32.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    per_example = (x[0].size * x.dtype.itemsize) + (g[0].size * g.dtype.itemsize)
+    fits = [d for d in range(1, n + 1) if n % d == 0 and d * per_example <= chunk_bytes]
+    b = max(fits, default=1)
+
+    def taps(xq: Array, gq: Array) -> Array:
+        return jnp.stack(
+            [
+                jnp.sum(window * gq, axis=(0, 1, 2), dtype=jnp.float32)
+                for window in _shifted_windows(xq, k, strides)
+            ]
+        )
+
+    if b == n:
+        acc = taps(x, g)
+    else:
+        chunks = (x.reshape(n // b, b, *x.shape[1:]), g.reshape(n // b, b, *g.shape[1:]))
+        acc, _ = jax.lax.scan(
+            lambda a, xg: (a + taps(*xg), None), jnp.zeros((k * k, c), jnp.float32), chunks
+        )
+    return acc.reshape(k, k, 1, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shifts(x: Array, kernel: Array, strides: int) -> Array:
+    return _depthwise_sum(x, kernel, strides)
+
+
+def _depthwise_shifts_fwd(x, kernel, strides):
+    return _depthwise_sum(x, kernel, strides), (x, kernel)
+
+
+def _depthwise_shifts_bwd(strides, residuals, g):
+    x, kernel = residuals
+    _, vjp_x = jax.vjp(lambda x_: _depthwise_sum(x_, kernel, strides), x)
+    (dx,) = vjp_x(g)
+    dk = depthwise_kernel_grad(x, g, kernel.shape[0], strides)
+    return dx, dk.astype(kernel.dtype)
+
+
+_depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
