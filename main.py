@@ -24,7 +24,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     if FLAGS.config.get("cpu_tuning", True):
-        cpu_runtime.configure()  # before JAX starts its backend
+        # before JAX starts its backend
+        cpu_runtime.configure(malloc=FLAGS.config.get("cpu_malloc_tuning", True))
     if "distributed" in FLAGS.config:
         maybe_initialize(FLAGS.config)
     try:

@@ -38,6 +38,7 @@ def get_config(arg=None):
     c.kind = "hebbian_cnn"
     c.seed = 0
     c.cpu_tuning = True  # XLA's own CPU convolutions (nm_hebb_jax/cpu_runtime.py)
+    c.cpu_malloc_tuning = True  # malloc keeps freed memory (nm_hebb_jax/cpu_runtime.py)
 
     # Architecture (one entry per layer).
     c.channels = (100, 196, 400)

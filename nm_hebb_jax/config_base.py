@@ -34,6 +34,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     # CPU: XLA's own convolutions, not YNNPACK's (2x faster here; nm_hebb_jax/cpu_runtime.py)
     c.cpu_tuning = True
+    # CPU (with cpu_tuning): glibc malloc keeps freed memory, so steps do not page-fault their
+    # working set again (the process keeps its peak heap; nm_hebb_jax/cpu_runtime.py)
+    c.cpu_malloc_tuning = True
     c.method = "nm_hebb"
     c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
     c.skip_nonfinite = False  # True: skip updates whose loss/grad is non-finite instead of stopping

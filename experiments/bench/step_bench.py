@@ -227,8 +227,12 @@ def main():
     p.add_argument(
         "--no-cpu-tuning", action="store_true", help="skip nm_hebb_jax.cpu_runtime.configure()"
     )
+    p.add_argument(
+        "--no-malloc-tuning", action="store_true", help="configure() without tune_malloc()"
+    )
     args = p.parse_args()
-    tuning = [] if args.no_cpu_tuning else cpu_runtime.configure()  # before JAX starts
+    # before JAX starts
+    tuning = [] if args.no_cpu_tuning else cpu_runtime.configure(malloc=not args.no_malloc_tuning)
     backend = jax.default_backend()
     if args.peak_gflops:
         peak, peak_how = args.peak_gflops, "given with --peak-gflops"
@@ -247,6 +251,7 @@ def main():
         "peak_gflops": peak,
         "peak_assumption": peak_how,
         "cpu_tuning_flags": tuning,
+        "malloc_tuning": cpu_runtime.malloc_applied(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "models": {},
     }

@@ -202,10 +202,11 @@ class JaxWorker:
         cfg = make_config(model, "baseline", int(data["image"].shape[0]), "float32")
         for item in overrides:
             set_dotted(cfg, item)
-        if cfg.cpu_tuning:
-            from nm_hebb_jax import cpu_runtime
+        from nm_hebb_jax import cpu_runtime
 
-            cpu_runtime.configure()  # before the first JAX computation, as main.py does
+        if cfg.cpu_tuning:
+            # before the first JAX computation, as main.py does
+            cpu_runtime.configure(malloc=cfg.cpu_malloc_tuning)
         batch = {"image": data["image"], "label": data["label"]}
         step_for, start, (self.state, self.ewc, self.batch) = prepare_phase(
             cfg, S.make_mesh(), 1, batch
@@ -226,6 +227,7 @@ class JaxWorker:
             "flops": float(cost.get("flops", 0.0)) if cost else 0.0,
             "num_params": self.num_params,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "malloc_tuning": cpu_runtime.malloc_applied(),
         }
 
     def step(self):
