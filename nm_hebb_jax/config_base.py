@@ -35,7 +35,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # CPU: XLA's own convolutions, not YNNPACK's (2x faster here; nm_hebb_jax/cpu_runtime.py)
     c.cpu_tuning = True
     # CPU (with cpu_tuning): glibc malloc keeps freed memory, so steps do not page-fault their
-    # working set again (the process keeps its peak heap; nm_hebb_jax/cpu_runtime.py)
+    # working set again (the process keeps its peak heap; XLA compiles slower with one malloc
+    # arena, so compile-bound tiny configs turn it off; nm_hebb_jax/cpu_runtime.py)
     c.cpu_malloc_tuning = True
     c.method = "nm_hebb"
     c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
@@ -182,6 +183,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "densenet121": {"block_sizes": (1, 1), "growth_rate": 4},
     }
     c.model.overrides = ml_collections.ConfigDict(tiny.get(c.model.name, {}))
+    c.cpu_malloc_tuning = False  # tiny models are compile-bound (see cpu_runtime.tune_malloc)
     c.data.source = "digits"
     c.data.name = "digits"
     c.data.path = ""

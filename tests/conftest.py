@@ -22,7 +22,7 @@ from nm_hebb_jax import cpu_runtime  # noqa: E402
 
 # The trainer's CPU default (main.py applies it too): in-process runs and the main.py
 # subprocesses compile the same programs, so their results can be compared bit for bit.
-cpu_runtime.configure()
+cpu_runtime.configure(malloc=False)  # tests are compile-bound: keep malloc's arenas
 
 
 @pytest.fixture(scope="session")
