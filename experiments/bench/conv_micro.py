@@ -13,7 +13,10 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
                         (XLA fuses that recomputation into the transpose the gradient needs);
   depthwise_{conv,shifts}_{fwd,dx,dw}   3x3 depthwise conv, 144 channels on 32x32, as lax's
                         grouped convolution and as :func:`nm_hebb_jax.models.layers.depthwise_conv`
-                        ``'shifts'``.
+                        ``'shifts'``;
+  depthwise_shifts_dw_one_chunk   the 'shifts' kernel gradient as k*k reductions over the whole
+                        batch (``depthwise_kernel_grad`` with no chunking: what autodiff of the
+                        shifted slices gives), against the default cache-sized batch chunks.
 
 The whole set runs twice, in two subprocesses: with jaxlib's default (YNNPACK convolutions) and
 with ``nm_hebb_jax.cpu_runtime.CPU_XLA_FLAGS`` (XLA's own), since XLA reads its flags once per
@@ -38,7 +41,7 @@ def cases():
     import jax
     import jax.numpy as jnp
 
-    from nm_hebb_jax.models.layers import depthwise_conv
+    from nm_hebb_jax.models.layers import depthwise_conv, depthwise_kernel_grad
 
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
@@ -103,6 +106,10 @@ def cases():
             lambda g, x, w, f=f: jax.vjp(lambda w: f(x, w), w)[1](g)[0],
             (gd, xd, wd),
         )
+    out["depthwise_shifts_dw_one_chunk"] = (
+        lambda g, x: depthwise_kernel_grad(x, g, 3, 1, chunk_bytes=1 << 62),
+        (gd, xd),
+    )
     return out
 
 
