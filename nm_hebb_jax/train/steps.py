@@ -1,10 +1,8 @@
 """Train and eval step factories (one per phase, each ``jax.jit``-compiled once).
 
 The train step is a pure function ``(state, ewc, batch) -> (state, metrics)``. Everything that
-changes
-over time (learning rate, hypergradient schedule) is computed from ``state.step`` inside the step,
-so
-nothing forces a recompilation.
+changes over time (learning rate, hypergradient schedule) is computed from ``state.step`` inside
+the step, so nothing forces a recompilation.
 
 Neuromodulator learning, ``'hypergradient'`` (METHOD.md A, "how φ learns"): with plain SGD,
 dL_CE,t+1/dν_t ≈ −η ⟨g_CE,t+1, g_R,t⟩, where g_R is the gradient of the ungated regulariser sum.
@@ -12,8 +10,7 @@ Every ``hyper_every`` steps (phase-local step ``t`` with ``t % k == 0``) the ste
 g_R,t separately (a forward/backward pass up to the tapped layer: XLA drops the rest),
 g_CE,t = g_total,t − ν_t g_R,t, and the scalar h = −η_t ⟨g_CE,t, g_R,t−1⟩ from the buffer filled at
 ``t − 1`` (``t % k == k − 1``), then takes φ ← φ − η_φ (h ∂ν_{t−1}/∂φ + λ_gate ∂KL/∂φ). With k = 1
-this
-is exactly the one-step rule; with k > 1 the cost is two g_R passes per k steps.
+this is exactly the one-step rule; with k > 1 the cost is two g_R passes per k steps.
 
 ``hyper_g_r='reuse'`` (config ``nm.hyper_g_r``) halves that: step ``t`` (``t % k == 0``) takes
 g_CE,t ≈ g_total,t − ν_t g_R,t−1 from the stored g_R,t−1 instead of computing g_R,t, so only the
