@@ -108,6 +108,7 @@ def get_config(arg=None):
             raise ValueError(f"unknown config argument {t!r}; use 'smoke'")
     if _SMOKE in tokens:
         c.channels = (8, 12, 16)
+        c.cpu_malloc_tuning = False  # tiny layers: compile-bound (nm_hebb_jax/cpu_runtime.py)
         c.data.source = "digits"
         c.data.name = "digits"
         c.data.val_size = 200
