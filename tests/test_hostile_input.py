@@ -461,6 +461,27 @@ def test_hostile_npz_files_fail_fast_with_one_line(kind, data):
             assert ds.split_sizes["val"] == case.val_size
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_unparsable_npy_header_is_a_one_line_error(compressed):
+    """A bit flip in a member's header dict makes numpy's header parser raise TokenError (or
+    SyntaxError): found by the bitflip property above, kept here as a fixed case."""
+    members = {"x_train": _images(0, 40, 8), "y_train": np.arange(40) % 4}
+    npy = bytearray(_npy_bytes(members["x_train"]))
+    npy[npy.index(b"{")] = 0x15  # numpy's header tokenizer: TokenError; the zip CRC stays valid
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
+        zf.writestr("x_train.npy", bytes(npy))
+        zf.writestr("y_train.npy", _npy_bytes(members["y_train"]))
+    raw = buf.getvalue()
+    case = NpzCase(members, compressed, 8, 8, 4, 40, error=TRUNCATED, raw=bytes(raw))
+    data_lib.clear_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.npz")
+        _write_case(case, path)
+        check_build(_npz_config(path, case), case.error)
+
+
 # ------------------------------------------------------------------------ 2. hostile configs
 
 

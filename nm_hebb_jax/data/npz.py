@@ -29,6 +29,7 @@ import os
 import struct
 import tempfile
 import threading
+import tokenize
 import zipfile
 import zlib
 
@@ -46,10 +47,13 @@ _LRU_SIZE = 3
 _lru: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
 _lru_lock = threading.Lock()
 # What reading a damaged archive or member can raise (zip structure, CRC, inflate/LZMA streams,
-# unsupported or encrypted members, a header that declares an impossible array).
+# unsupported or encrypted members, a header that declares an impossible array, a header whose
+# dict numpy cannot parse: it tokenizes and literal_evals it).
 _READ_ERRORS = (
     OSError,
     ValueError,
+    SyntaxError,
+    tokenize.TokenError,
     EOFError,
     zipfile.BadZipFile,
     zlib.error,
