@@ -38,7 +38,8 @@ def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
         assert float(m["hyper_applied"]) == 0.0
     before = state
     assert bool(before.hyper["valid"])
-    state, m = step_for(k)(before, ewc, batches[k])
+    # The step donates its input state: give it a copy, keep ``before`` for the recomputation.
+    state, m = step_for(k)(jax.tree.map(jnp.copy, before), ewc, batches[k])
     assert float(m["hyper_applied"]) == 1.0
 
     # Independent recomputation at step t = k from the state before it.
@@ -78,7 +79,7 @@ def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
     # φ is not touched by the main optimiser: on a plain step it stays fixed.
     plain = step_for(k + 1)
-    state2, m2 = plain(state, ewc, batches[0])
+    state2, m2 = plain(jax.tree.map(jnp.copy, state), ewc, batches[0])
     assert float(m2["hyper_applied"]) == 0.0
     for a, b in zip(
         jax.tree.leaves(state2.params["neuromod"]),

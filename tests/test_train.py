@@ -203,6 +203,9 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     c = load_config("quickstart")
     c.nm.hyper_g_r = "sometimes"
     cases.append((c, "nm.hyper_g_r='sometimes'"))
+    c = load_config("quickstart")
+    c.donate_state = "yes"
+    cases.append((c, "donate_state='yes'"))
     for config, needle in cases:
         workdir = tmp_path / f"w{len(os.listdir(tmp_path))}"
         with pytest.raises(RunError) as e:
@@ -210,6 +213,20 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         msg = str(e.value)
         assert needle in msg and "\n" not in msg, msg
         assert not workdir.exists()
+
+
+def test_donated_state_trains_like_the_cpu_default(smoke_run, tmp_path):
+    """``donate_state='always'`` (what GPU/TPU runs get under 'auto') on the CPU: no buffer of
+    the EWC state may be the state's own (XLA rejects, or crashes on, a donated buffer passed
+    twice; ``init_ewc_state`` once aliased the anchor), and the run matches the undonated one."""
+    _, reference, summary = smoke_run
+    c = load_config("quickstart")
+    c.donate_state = "always"
+    donated = train_and_evaluate(c, str(tmp_path / "donated"))
+    assert donated["final_step"] == summary["final_step"]
+    params, _ = restore_params(str(tmp_path / "donated"))
+    expected, _ = restore_params(reference)
+    assert_trees_close(params, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

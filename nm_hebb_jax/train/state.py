@@ -91,9 +91,13 @@ def make_schedule(peak_lr: float, num_steps: int, warmup_steps: int) -> optax.Sc
 
 
 def init_ewc_state(backbone_params: PyTree) -> dict:
-    """EWC state before the first refresh: anchor = current params, Fisher = 0 (term is 0)."""
+    """EWC state before the first refresh: anchor = current params, Fisher = 0 (term is 0).
+
+    The anchor is a copy: the train step donates the state, so the EWC state must not share
+    its buffers (XLA rejects a call that donates a buffer and passes it again).
+    """
     return {
-        "anchor": jax.tree.map(jnp.asarray, backbone_params),
+        "anchor": jax.tree.map(jnp.copy, backbone_params),
         "fisher": jax.tree.map(jnp.zeros_like, backbone_params),
     }
 
