@@ -13,16 +13,21 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nm_hebb_jax.objectives import regularizer_grad
-from nm_hebb_jax.train import sharding as S
-from nm_hebb_jax.train.loop import Trainer, build_run
-from nm_hebb_jax.train.state import init_ewc_state
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from step_bench import stepping  # noqa: E402
+
+from nm_hebb_jax.objectives import regularizer_grad  # noqa: E402
+from nm_hebb_jax.train import sharding as S  # noqa: E402
+from nm_hebb_jax.train.loop import Trainer, build_run  # noqa: E402
+from nm_hebb_jax.train.state import init_ewc_state  # noqa: E402
 
 
 def load_config(path: str):
@@ -65,8 +70,8 @@ def main():
         lambda p, c: jax.lax.cond(c, lambda: g_r(p, obj_state, batch, rng), lambda: zeros)
     )
     fns = {
-        "plain_step": lambda: plain(state, ewc, batch),
-        "hyper_step": lambda: hyper(state, ewc, batch),
+        "plain_step": stepping(plain, (state, ewc, batch)),
+        "hyper_step": stepping(hyper, (state, ewc, batch)),
         "g_R_top_level": lambda: top(state.params),
         "g_R_in_cond": lambda: cond(state.params, True),
     }

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step_bench import make_config, prepare_phase, time_turns  # noqa: E402
+from step_bench import make_config, prepare_phase, stepping, time_turns  # noqa: E402
 
 from nm_hebb_jax import cpu_runtime, losses, objectives  # noqa: E402
 from nm_hebb_jax.train import sharding as S  # noqa: E402
@@ -100,7 +100,7 @@ def main():
         finally:
             objectives.losses.ewc_penalty = _ORIGINAL
         steps[name] = (fn, step_args)
-    calls = {n: (lambda fn=fn, a=a: fn(*a)) for n, (fn, a) in steps.items()}
+    calls = {n: stepping(fn, a) for n, (fn, a) in steps.items()}
     for call in calls.values():
         jax.block_until_ready(call())
     times = time_turns(calls, args.repeats, 3)
@@ -111,15 +111,16 @@ def main():
         print(f"{name:14s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
     if args.profile:
         for name, (fn, a) in steps.items():
-            print(f"{name:14s} transpose fusions {1e3 * transpose_seconds(fn, a):7.1f} ms/step")
+            seconds = transpose_seconds(stepping(fn, a))
+            print(f"{name:14s} transpose fusions {1e3 * seconds:7.1f} ms/step")
 
 
-def transpose_seconds(fn, args, steps: int = 2) -> float:
+def transpose_seconds(call, steps: int = 2) -> float:
     """Seconds per step in XLA ``transpose*`` fusions, from a jax.profiler Perfetto trace."""
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(steps):
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(call())
         path = glob.glob(os.path.join(d, "**", "*.json.gz"), recursive=True)[0]
         with gzip.open(path) as f:
             events = json.load(f)

@@ -36,9 +36,11 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 
 import jax
 import jax.extend
+import jax.numpy as jnp
 import numpy as np
 
 from nm_hebb_jax import cpu_runtime
@@ -152,6 +154,22 @@ def prepare_phase(cfg, mesh, phase: int = 1, batch: dict | None = None):
     return step_for, start, (state, ewc, S.global_batch(batch, mesh))
 
 
+def stepping(fn, args) -> Callable[[], tuple]:
+    """A zero-argument call of the compiled train step ``fn`` that feeds its new state back in.
+
+    The trainer's steps donate their input state, so a state can be stepped only once: the
+    callable starts from its own copy of ``args[0]`` (variants built from the same
+    :func:`prepare_phase` arguments stay independent) and keeps the latest state.
+    """
+    box = [jax.tree.map(jnp.copy, args[0]), *args[1:]]
+
+    def call():
+        box[0], metrics = fn(*box)
+        return box[0], metrics
+
+    return call
+
+
 def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[float]]:
     """Round-robin turns of ``steps_per_turn`` consecutive calls of each zero-argument ``fns``
     entry (each returns what to block on). The first call of a turn pays for switching buffers
@@ -168,19 +186,31 @@ def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[f
     return times
 
 
-def build_variants(model: str, batch: int, dtype: str):
-    """Compiled step functions and their inputs for one backbone."""
+def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
+    """Compiled step functions and their inputs for one backbone.
+
+    ``donation``: also the CE and plain phase-1 steps with ``donate_state='always'``
+    (``ce_donated``, ``p1_plain_donated``).
+    """
     variants = {}
     mesh = S.make_mesh()
+    extra = (("baseline", 1, "donated"), ("nm_hebb", 1, "donated")) if donation else ()
     for method, phase, g_r_mode in (
         ("baseline", 1, "recompute"),
         ("nm_hebb", 1, "recompute"),
         ("nm_hebb", 1, "reuse"),
         ("nm_hebb", 2, "recompute"),
+        *extra,
     ):
-        cfg = make_config(model, method, batch, dtype, g_r_mode)
+        donated = g_r_mode == "donated"
+        cfg = make_config(model, method, batch, dtype, "recompute" if donated else g_r_mode)
+        cfg.donate_state = "always" if donated else cfg.donate_state
         step_for, start, args = prepare_phase(cfg, mesh, phase)
-        if method == "baseline":
+        if donated:
+            names = {
+                "ce_donated" if method == "baseline" else "p1_plain_donated": step_for(start + 1)
+            }
+        elif method == "baseline":
             names = {"ce": step_for(start)}
         elif phase == 1 and g_r_mode == "recompute":
             names = {"p1_plain": step_for(start + 1), "p1_hyper": step_for(start)}
@@ -204,10 +234,10 @@ def build_variants(model: str, batch: int, dtype: str):
     return variants
 
 
-def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn):
+def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn, donation=False):
     """Builds the variants, warms them up and times them in turns (:func:`time_turns`)."""
-    variants = build_variants(model, batch, dtype)
-    calls = {n: (lambda v=v: v["fn"](*v["args"])) for n, v in variants.items()}
+    variants = build_variants(model, batch, dtype, donation)
+    calls = {n: stepping(v["fn"], v["args"]) for n, v in variants.items()}
     for call in calls.values():
         for _ in range(warmup):
             jax.block_until_ready(call())
@@ -226,6 +256,11 @@ def main():
     p.add_argument("--out", default="")
     p.add_argument(
         "--no-cpu-tuning", action="store_true", help="skip nm_hebb_jax.cpu_runtime.configure()"
+    )
+    p.add_argument(
+        "--donation",
+        action="store_true",
+        help="also time the CE and plain phase-1 steps with donate_state='always'",
     )
     p.add_argument(
         "--no-malloc-tuning", action="store_true", help="configure() without tune_malloc()"
@@ -257,7 +292,13 @@ def main():
     }
     for model in [m for m in args.models.split(",") if m]:
         variants, times = bench_model(
-            model, args.batch, args.dtype, args.repeats, args.warmup, args.steps_per_turn
+            model,
+            args.batch,
+            args.dtype,
+            args.repeats,
+            args.warmup,
+            args.steps_per_turn,
+            args.donation,
         )
         k = HYPER_EVERY
         med = {n: float(np.median(t)) for n, t in times.items()}
@@ -274,6 +315,7 @@ def main():
             "p1_apply",
             "p1_mean_reuse",
             "p2",
+            *(("ce_donated", "p1_plain_donated") if args.donation else ()),
         ):
             t = med[name]
             if name in variants:
@@ -307,6 +349,14 @@ def main():
             "p1_mean_reuse_over_ce": med["p1_mean_reuse"] / med["ce"],
             "p1_plain_over_ce": med["p1_plain"] / med["ce"],
             "p2_over_ce": med["p2"] / med["ce"],
+            **(
+                {
+                    "ce_donated_over_ce": med["ce_donated"] / med["ce"],
+                    "p1_plain_donated_over_ce_donated": med["p1_plain_donated"] / med["ce_donated"],
+                }
+                if args.donation
+                else {}
+            ),
             "peak_memory_bytes": mem,
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
@@ -331,6 +381,11 @@ def main():
             f"p1_plain/ce {m['p1_plain_over_ce']:.3f}  "
             f"p1_hyper/ce {m['p1_hyper_over_ce']:.3f}  p2/ce {m['p2_over_ce']:.3f}"
         )
+        if args.donation:
+            print(
+                f"donated: ce_donated/ce {m['ce_donated_over_ce']:.3f}  "
+                f"p1_plain_donated/ce_donated {m['p1_plain_donated_over_ce_donated']:.3f}"
+            )
     print(f"\npeak: {peak:.0f} GFLOP/s ({peak_how})")
     if args.out:
         with open(args.out, "w") as f:
