@@ -152,11 +152,11 @@ def main():
             check=True,
         )
         report[label] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'case':28s} {'YNNPACK ms':>11s} {'cpu_tuning ms':>14s}")
+    print(f"{'case':30s} {'YNNPACK ms':>11s} {'cpu_tuning ms':>14s}")
     for name in report["cpu_tuning"]:
         a = report["ynnpack_default"][name]["median_ms"]
         b = report["cpu_tuning"][name]["median_ms"]
-        print(f"{name:28s} {a:11.1f} {b:14.1f}")
+        print(f"{name:30s} {a:11.1f} {b:14.1f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

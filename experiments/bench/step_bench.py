@@ -194,23 +194,18 @@ def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
     """
     variants = {}
     mesh = S.make_mesh()
-    extra = (("baseline", 1, "donated"), ("nm_hebb", 1, "donated")) if donation else ()
-    for method, phase, g_r_mode in (
-        ("baseline", 1, "recompute"),
-        ("nm_hebb", 1, "recompute"),
-        ("nm_hebb", 1, "reuse"),
-        ("nm_hebb", 2, "recompute"),
-        *extra,
+    donated = (("baseline", 1, "recompute", "always"), ("nm_hebb", 1, "recompute", "always"))
+    for method, phase, g_r_mode, donate in (
+        ("baseline", 1, "recompute", "auto"),
+        ("nm_hebb", 1, "recompute", "auto"),
+        ("nm_hebb", 1, "reuse", "auto"),
+        ("nm_hebb", 2, "recompute", "auto"),
+        *(donated if donation else ()),
     ):
-        donated = g_r_mode == "donated"
-        cfg = make_config(model, method, batch, dtype, "recompute" if donated else g_r_mode)
-        cfg.donate_state = "always" if donated else cfg.donate_state
+        cfg = make_config(model, method, batch, dtype, g_r_mode)
+        cfg.donate_state = donate
         step_for, start, args = prepare_phase(cfg, mesh, phase)
-        if donated:
-            names = {
-                "ce_donated" if method == "baseline" else "p1_plain_donated": step_for(start + 1)
-            }
-        elif method == "baseline":
+        if method == "baseline":
             names = {"ce": step_for(start)}
         elif phase == 1 and g_r_mode == "recompute":
             names = {"p1_plain": step_for(start + 1), "p1_hyper": step_for(start)}
@@ -218,6 +213,8 @@ def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
             names = {"p1_store": step_for(start + HYPER_EVERY - 1), "p1_apply": step_for(start)}
         else:
             names = {"p2": step_for(start)}
+        if donate == "always":  # the comparison needs only these two
+            names = {f"{n}_donated": fn for n, fn in names.items() if n in ("ce", "p1_plain")}
         for name, fn in names.items():
             t0 = time.perf_counter()
             compiled = fn.lower(*args).compile()
@@ -362,7 +359,7 @@ def main():
         }
         print(f"\n{model}  batch {args.batch}  {args.dtype}  {backend}  ({args.repeats} repeats)")
         print(
-            f"{'step':13s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>8s} "
+            f"{'step':16s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>8s} "
             f"{'compile s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'%peak':>6s}"
         )
         for name, r in rows.items():
@@ -370,7 +367,7 @@ def main():
             mx = f"{r['max_s']:.3f}" if r["max_s"] is not None else "-"
             cs = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
             print(
-                f"{name:13s} {r['median_s']:9.3f} {mn:>7s} {mx:>7s} {r['images_per_s']:8.1f} "
+                f"{name:16s} {r['median_s']:9.3f} {mn:>7s} {mx:>7s} {r['images_per_s']:8.1f} "
                 f"{cs:>9s} {r['gflop_per_step']:8.1f} {r['achieved_gflops']:8.1f} "
                 f"{100 * r['fraction_of_peak']:6.1f}"
             )
