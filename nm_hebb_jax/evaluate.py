@@ -2,7 +2,9 @@
 [--data FILE --split NAME]``.
 
 Prints one JSON line last: ``top1``, ``nmi``, ``knn_top1``, ``num_examples``, the filter metrics of
-the tapped layer, ``step`` and ``provenance``. Writes pictures and ``results.json`` to
+the tapped layer, ``step``, ``provenance`` and ``runtime`` (the CPU settings used: the run's own
+``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning``
+are given). Writes pictures and ``results.json`` to
 ``DIR/eval/<split>_step<N>/`` (never over training artifacts).
 """
 
@@ -25,17 +27,49 @@ flags.DEFINE_string("data", None, "An npz file to evaluate on (default: the run'
 flags.DEFINE_string("split", None, "Split name (in --data, or of the run's dataset).")
 flags.DEFINE_bool("plots", True, "Write the t-SNE map, filter grid and training curves.")
 flags.DEFINE_bool(
-    "cpu_tuning", True, "On CPU use XLA's own convolutions (see nm_hebb_jax/cpu_runtime.py)."
+    "cpu_tuning",
+    None,
+    "On CPU use XLA's own convolutions (nm_hebb_jax/cpu_runtime.py); default: the run's setting.",
 )
+flags.DEFINE_bool(
+    "cpu_malloc_tuning",
+    None,
+    "On CPU keep XLA's buffers in glibc's heap (cpu_runtime.tune_malloc); default: the run's "
+    "setting (off for compile-bound runs such as the quickstart, on for full-size ones).",
+)
+
+
+def _run_config(workdir: str) -> dict:
+    """A run's ``config.json`` as a dict (empty when absent or unreadable)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _run_kind(workdir: str) -> str | None:
     """The ``kind`` field of a run's ``config.json`` (None when absent or unreadable)."""
-    try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            return json.load(f).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _run_config(workdir).get("kind")
+
+
+def runtime_settings(
+    workdir: str, *, cpu_tuning: bool | None = None, cpu_malloc_tuning: bool | None = None
+) -> dict[str, bool]:
+    """The CPU runtime settings to evaluate a run with: the given ones, else the run's own.
+
+    A run records ``cpu_tuning`` and ``cpu_malloc_tuning`` in its ``config.json``; evaluating
+    with the same settings keeps evaluation as fast as training was (the malloc setting speeds up
+    execution but slows compilation, so compile-bound configs turn it off). Missing values default
+    to ``True``, the config defaults.
+    """
+    config = _run_config(workdir)
+    tuning = config.get("cpu_tuning", True) if cpu_tuning is None else cpu_tuning
+    malloc = (
+        config.get("cpu_malloc_tuning", True) if cpu_malloc_tuning is None else cpu_malloc_tuning
+    )
+    return {"cpu_tuning": bool(tuning), "cpu_malloc_tuning": bool(tuning) and bool(malloc)}
 
 
 def evaluate_workdir(
@@ -119,13 +153,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    if FLAGS.cpu_tuning:
-        from nm_hebb_jax import cpu_runtime
-
-        cpu_runtime.configure()  # before JAX starts its backend
     if not FLAGS.workdir:
         print("error: --workdir is required (the directory of a training run)", file=sys.stderr)
         sys.exit(2)
+    runtime = runtime_settings(
+        FLAGS.workdir, cpu_tuning=FLAGS.cpu_tuning, cpu_malloc_tuning=FLAGS.cpu_malloc_tuning
+    )
+    if runtime["cpu_tuning"]:
+        from nm_hebb_jax import cpu_runtime
+
+        # before JAX starts its backend
+        cpu_runtime.configure(malloc=runtime["cpu_malloc_tuning"])
+        runtime["malloc_applied"] = cpu_runtime.malloc_applied()
     try:
         out = evaluate_workdir(
             FLAGS.workdir,
@@ -138,7 +177,7 @@ def main(argv):
     except (LoadError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(out, default=str))
+    print(json.dumps({**out, "runtime": runtime}, default=str))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from PIL import Image
 
 import nm_hebb_jax
 from nm_hebb_jax.eval.run import LoadError
-from nm_hebb_jax.evaluate import evaluate_workdir
+from nm_hebb_jax.evaluate import evaluate_workdir, runtime_settings
 from tests.util import ROOT
 
 pytestmark = pytest.mark.slow
@@ -90,6 +90,26 @@ def test_load_run_api(smoke_run):
         nm_hebb_jax.load_run("/no/such/run")
 
 
+def test_runtime_settings_follow_the_run_unless_given(tmp_path):
+    def write(**config):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+
+    write(cpu_tuning=True, cpu_malloc_tuning=False)
+    assert runtime_settings(str(tmp_path)) == {"cpu_tuning": True, "cpu_malloc_tuning": False}
+    got = runtime_settings(str(tmp_path), cpu_malloc_tuning=True)
+    assert got == {"cpu_tuning": True, "cpu_malloc_tuning": True}
+    write(cpu_tuning=False, cpu_malloc_tuning=True)  # malloc tuning is part of cpu_tuning
+    assert runtime_settings(str(tmp_path)) == {"cpu_tuning": False, "cpu_malloc_tuning": False}
+    got = runtime_settings(str(tmp_path), cpu_tuning=True)
+    assert got == {"cpu_tuning": True, "cpu_malloc_tuning": True}
+    (tmp_path / "config.json").write_text("{not json")  # unreadable: the config defaults
+    assert runtime_settings(str(tmp_path)) == {"cpu_tuning": True, "cpu_malloc_tuning": True}
+    assert runtime_settings(str(tmp_path / "missing"), cpu_malloc_tuning=False) == {
+        "cpu_tuning": True,
+        "cpu_malloc_tuning": False,
+    }
+
+
 def test_cli_prints_json_last(smoke_run):
     _, workdir, _ = smoke_run
     proc = subprocess.run(
@@ -103,6 +123,8 @@ def test_cli_prints_json_last(smoke_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"top1", "nmi", "knn_top1", "num_examples", "step", "provenance"} <= set(last)
+    # the quickstart trains without the malloc setting (compile-bound); evaluation follows it
+    assert last["runtime"] == {"cpu_tuning": True, "cpu_malloc_tuning": False, "malloc_applied": {}}
     bad = subprocess.run(
         [sys.executable, "-m", "nm_hebb_jax.evaluate", "--workdir=/no/such/run"],
         capture_output=True,
