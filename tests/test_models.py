@@ -10,6 +10,7 @@ a relative 1e-5.
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -374,3 +375,75 @@ def test_depthwise_impl_choices_give_the_same_model():
     with pytest.raises(ValueError) as excinfo:
         models.get_model("mobilenet_v2", num_classes=10, depthwise_impl="fft")
     _assert_one_line_value_error(excinfo, "'fft'", "auto", "conv", "shifts")
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_conv_input_barrier_changes_nothing_but_speed(name):
+    """With ``conv_input_barrier`` on or off every backbone computes the same logits, batch
+    statistics and parameter gradients, bit for bit."""
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    labels = jnp.arange(4) % 3
+    results = {}
+    for barrier in ("on", "off"):
+        net = _tiny(name, conv_input_barrier=barrier)
+        variables = net.init(jax.random.key(1), x)
+
+        def loss(params, net=net, variables=variables):
+            (logits, _), updates = net.apply(
+                {**variables, "params": params},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(2)},
+            )
+            ce = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+            return ce, (logits, updates)
+
+        grads, aux = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+        results[barrier] = (grads, aux)
+    leaves_on = jax.tree.leaves(results["on"])
+    leaves_off = jax.tree.leaves(results["off"])
+    assert len(leaves_on) == len(leaves_off) > 0
+    for a, b in zip(leaves_on, leaves_off, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError) as excinfo:
+        _tiny(name, conv_input_barrier="yes")
+    _assert_one_line_value_error(excinfo, "'yes'", "auto", "on", "off")
+
+
+def _transposes_recomputing_relu(barrier: str) -> int:
+    """How many transpose fusions in the compiled gradient of conv(relu(bn(conv(x)))) recompute
+    the ReLU (a ``maximum``) instead of reading the stored activation."""
+    from nm_hebb_jax.models.layers import ConvBN
+
+    class TwoConvs(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = ConvBN(16, 3, conv_input_barrier=barrier, name="a")(x, True)
+            return ConvBN(16, 3, act=None, use_norm=False, conv_input_barrier=barrier, name="b")(
+                x, True
+            )
+
+    x = jax.random.normal(jax.random.key(0), (32, 16, 16, 8))
+    net = TwoConvs()
+    variables = net.init(jax.random.key(1), x)
+
+    def loss(params):
+        out, _ = net.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(out**2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
+    count = 0
+    for callee in re.findall(r"%transpose[\w.\-]* = [^\n]* fusion\([^\n]*calls=(%[\w.\-]+)", hlo):
+        count += " maximum(" in bodies.get(callee, "")
+    return count
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_conv_input_barrier_stops_xla_cpu_recomputing_the_activation_in_transposes():
+    """The reason for the barrier (BENCHMARKS.md): without it XLA:CPU fuses BatchNorm + ReLU
+    into the transpose that feeds the kernel gradient; with it the transpose reads the stored
+    activation. If a new XLA stops doing the former, the barrier can go."""
+    assert _transposes_recomputing_relu("off") >= 1
+    assert _transposes_recomputing_relu("on") == 0

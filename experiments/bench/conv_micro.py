@@ -11,6 +11,10 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
   dense_dw_taps         the kernel gradient as 9 per-tap matrix products (no transposes);
   dense_dw_after_bn     kernel gradient when its input is BN-scale+ReLU of the stored map
                         (XLA fuses that recomputation into the transpose the gradient needs);
+  dense_layer_after_bn{,_barrier}   what a training step does with such a layer: the forward
+                        conv of BN-scale+ReLU of the stored map and its kernel gradient, without
+                        and with :func:`nm_hebb_jax.models.layers.materialize` on the conv input
+                        (``conv_input_barrier``: the transpose reads the stored input);
   depthwise_{conv,shifts}_{fwd,dx,dw}   3x3 depthwise conv, 144 channels on 32x32, as lax's
                         grouped convolution and as :func:`nm_hebb_jax.models.layers.depthwise_conv`
                         ``'shifts'``;
@@ -41,7 +45,7 @@ def cases():
     import jax
     import jax.numpy as jnp
 
-    from nm_hebb_jax.models.layers import depthwise_conv, depthwise_kernel_grad
+    from nm_hebb_jax.models.layers import conv2d, depthwise_conv, depthwise_kernel_grad
 
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
@@ -75,6 +79,14 @@ def cases():
     def dw_after_bn(g, x, s, w):
         return dw(g, jax.nn.relu(x * s + s), w)
 
+    def layer_after_bn(barrier):
+        def f(g, x, s, w):
+            xr = jax.nn.relu(x * s + s)
+            y, vjp = jax.vjp(lambda w: conv2d(xr, w, 1, input_barrier=barrier), w)
+            return y, vjp(g)[0]
+
+        return f
+
     key = iter(jax.random.split(jax.random.key(0), 8))
     x = jax.random.normal(next(key), (128, 32, 32, 64))
     w = jax.random.normal(next(key), (3, 3, 64, 64)) * 0.05
@@ -94,6 +106,8 @@ def cases():
         "dense_im2col_fwd": (im2col_fwd, (x, w)),
         "dense_dw_taps": (dw_taps, (g, x)),
         "dense_dw_after_bn": (dw_after_bn, (g, x, s, w)),
+        "dense_layer_after_bn": (layer_after_bn(False), (g, x, s, w)),
+        "dense_layer_after_bn_barrier": (layer_after_bn(True), (g, x, s, w)),
     }
     for impl in ("conv", "shifts"):
         f = dwise(impl)

@@ -39,6 +39,7 @@ class DenseBottleneck(nn.Module):
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     growth_rate: int
@@ -46,6 +47,7 @@ class DenseBottleneck(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -67,6 +69,7 @@ class Transition(nn.Module):
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     features: int
@@ -74,6 +77,7 @@ class Transition(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

@@ -102,6 +102,7 @@ class MBConvBlock(nn.Module):
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     block: str
@@ -114,6 +115,7 @@ class MBConvBlock(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

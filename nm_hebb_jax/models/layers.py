@@ -88,9 +88,13 @@ def tap_pool(x: Array) -> Array:
 #: Valid values of ``depthwise_impl`` (see :func:`depthwise_conv`).
 DEPTHWISE_IMPLS: tuple[str, ...] = ("auto", "conv", "shifts")
 
+#: Valid values of ``conv_input_barrier`` (see :func:`materialize`): ``'auto'`` = on for the CPU
+#: backend only.
+CONV_INPUT_BARRIERS: tuple[str, ...] = ("auto", "on", "off")
+
 
 def tap_kwargs(module: nn.Module) -> dict[str, Any]:
-    """``hebb_layers``, ``hebb_activation``, ``dtype`` and ``depthwise_impl`` of a block.
+    """``hebb_layers``, ``hebb_activation``, ``dtype``, ``depthwise_impl``, ``conv_input_barrier``.
 
     What a block passes on to its units. Blocks live inside a backbone whose ``unit_kwargs``
     already resolved the tap names, so the values are forwarded unchanged.
@@ -100,6 +104,7 @@ def tap_kwargs(module: nn.Module) -> dict[str, Any]:
         "hebb_activation": module.hebb_activation,
         "dtype": module.dtype,
         "depthwise_impl": module.depthwise_impl,
+        "conv_input_barrier": module.conv_input_barrier,
     }
 
 
@@ -123,9 +128,73 @@ def resolve_depthwise_impl(impl: str) -> str:
     return impl
 
 
-def conv2d(x: Array, kernel: Array, strides: int, groups: int = 1) -> Array:
-    """``lax.conv_general_dilated`` in NHWC/HWIO with symmetric padding ``(k - 1) // 2``."""
+def check_conv_input_barrier(value: str) -> None:
+    """Raises a one-line ``ValueError`` unless ``value`` is in :data:`CONV_INPUT_BARRIERS`."""
+    if value not in CONV_INPUT_BARRIERS:
+        raise ValueError(
+            f"conv_input_barrier={value!r} is not supported; choose one of {CONV_INPUT_BARRIERS}"
+        )
+
+
+def resolve_conv_input_barrier(value: str) -> bool:
+    """``'auto'`` -> on for the CPU backend, off elsewhere; checks the value."""
+    check_conv_input_barrier(value)
+    if value == "auto":
+        return jax.default_backend() == "cpu"
+    return value == "on"
+
+
+def _rewrite_in_place(x: Array) -> Array:
+    """``x`` with ``x[:, 0, ..., 0]`` written back in place: the same values.
+
+    The slice spans the whole leading (batch) axis, so on a batch-sharded ``x`` every device
+    updates its own shard and nothing is communicated.
+    """
+    start = (0,) * x.ndim
+    column = jax.lax.dynamic_slice(x, start, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jax.lax.dynamic_update_slice(x, column, start)
+
+
+@jax.custom_vjp
+def materialize(x: Array) -> Array:
+    """Identity that keeps ``x`` in memory as computed, so XLA reads it instead of recomputing it.
+
+    For the kernel gradient of a convolution, XLA:CPU transposes the layer's input from NHWC to
+    CHWN. When that input is BatchNorm + ReLU (+ residual) of a stored map, XLA fuses the
+    elementwise chain into the transpose and recomputes it there. The fused loop then writes the
+    transpose with strided stores instead of XLA's tiled transpose: 36 ms against 4 ms for a
+    ``[128, 32, 32, 64]`` float32 map (``experiments/bench/conv_micro.py``). Here ``x`` is
+    rewritten in place by a ``dynamic_update_slice`` of a slice of its own. XLA does not fuse an
+    in-place update into its consumers, so the transpose reads the stored ``x``.
+
+    The values are unchanged (bit for bit) and the gradient is the identity (``custom_vjp``), so
+    the backward pass has no extra work. On GPU and TPU the compilers choose layouts themselves,
+    so :func:`conv2d` applies this on CPU only by default (``conv_input_barrier``).
+    """
+    return _rewrite_in_place(x)
+
+
+def _materialize_fwd(x: Array) -> tuple[Array, None]:
+    return _rewrite_in_place(x), None
+
+
+def _materialize_bwd(_, g: Array) -> tuple[Array]:
+    return (g,)
+
+
+materialize.defvjp(_materialize_fwd, _materialize_bwd)
+
+
+def conv2d(
+    x: Array, kernel: Array, strides: int, groups: int = 1, input_barrier: bool = False
+) -> Array:
+    """``lax.conv_general_dilated`` in NHWC/HWIO with symmetric padding ``(k - 1) // 2``.
+
+    ``input_barrier``: pass ``x`` through :func:`materialize` first (same values and gradients).
+    """
     pad = (kernel.shape[0] - 1) // 2
+    if input_barrier:
+        x = materialize(x)
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -325,6 +394,9 @@ class ConvBN(nn.Module):
       depthwise_impl: how a depthwise unit (``groups == C_in == features``) computes its
         convolution, one of :data:`DEPTHWISE_IMPLS` (see :func:`depthwise_conv`); other units
         ignore it.
+      conv_input_barrier: whether a non-depthwise unit passes its input through
+        :func:`materialize`, one of :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only). The
+        values and gradients are the same either way; only XLA:CPU's speed changes.
     """
 
     features: int
@@ -339,6 +411,7 @@ class ConvBN(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -367,7 +440,8 @@ class ConvBN(nn.Module):
         if self.groups > 1 and self.groups == in_features == self.features:
             y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl)
         else:
-            y = conv2d(x, kernel_c, self.strides, self.groups)
+            barrier = resolve_conv_input_barrier(self.conv_input_barrier)
+            y = conv2d(x, kernel_c, self.strides, self.groups, input_barrier=barrier)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -402,6 +476,8 @@ class Backbone(nn.Module):
       dtype: computation dtype (params stay float32; logits and embedding come back float32).
       depthwise_impl: how depthwise convolutions are computed, one of :data:`DEPTHWISE_IMPLS`
         (``'auto'``: shifted slices on CPU, ``lax`` grouped convolution elsewhere).
+      conv_input_barrier: pass each convolution's input through :func:`materialize`, one of
+        :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only; a speed setting, results unchanged).
     """
 
     num_classes: int
@@ -409,6 +485,7 @@ class Backbone(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
     default_hebb_layer: ClassVar[str] = ""
@@ -424,6 +501,7 @@ class Backbone(nn.Module):
             object.__setattr__(self, "hebb_layers", tuple(self.hebb_layers))
         check_hebb_activation(self.hebb_activation)
         check_depthwise_impl(self.depthwise_impl)
+        check_conv_input_barrier(self.conv_input_barrier)
         super().__post_init__()
 
     def unit_kwargs(self) -> dict[str, Any]:
@@ -433,7 +511,8 @@ class Backbone(nn.Module):
         relative to the backbone when it is nested inside a bigger Flax module.
 
         Returns:
-          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...}``.
+          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...,
+          'conv_input_barrier': ...}``.
         """
         prefix = tuple(self.path)
         return {
@@ -441,6 +520,7 @@ class Backbone(nn.Module):
             "hebb_activation": self.hebb_activation,
             "dtype": self.dtype,
             "depthwise_impl": self.depthwise_impl,
+            "conv_input_barrier": self.conv_input_barrier,
         }
 
     def pool_and_classify(

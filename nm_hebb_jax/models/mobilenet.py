@@ -48,6 +48,7 @@ class InvertedResidual(nn.Module):
       hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     expansion: int
@@ -57,6 +58,7 @@ class InvertedResidual(nn.Module):
     hebb_activation: str = "post"
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
