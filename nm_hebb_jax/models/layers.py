@@ -161,11 +161,12 @@ def materialize(x: Array) -> Array:
 
     For the kernel gradient of a convolution, XLA:CPU transposes the layer's input from NHWC to
     CHWN. When that input is BatchNorm + ReLU (+ residual) of a stored map, XLA fuses the
-    elementwise chain into the transpose and recomputes it there. The fused loop then writes the
-    transpose with strided stores instead of XLA's tiled transpose: 36 ms against 4 ms for a
-    ``[128, 32, 32, 64]`` float32 map (``experiments/bench/conv_micro.py``). Here ``x`` is
-    rewritten in place by a ``dynamic_update_slice`` of a slice of its own. XLA does not fuse an
-    in-place update into its consumers, so the transpose reads the stored ``x``.
+    elementwise chain into the transpose and recomputes it there, and the fused loop writes the
+    transpose with strided stores instead of XLA's tiled transpose (BENCHMARKS.md: cases
+    ``dense_layer_after_bn`` and ``dense_layer_after_bn_barrier`` of
+    ``experiments/bench/conv_micro.py``). Here ``x`` is rewritten in place by a
+    ``dynamic_update_slice`` of a slice of its own. XLA does not fuse an in-place update into its
+    consumers, so the transpose reads the stored ``x``.
 
     The values are unchanged (bit for bit) and the gradient is the identity (``custom_vjp``), so
     the backward pass has no extra work. On GPU and TPU the compilers choose layouts themselves,
