@@ -40,6 +40,7 @@ not a test: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -309,6 +310,23 @@ def wait_idle(threshold: float, max_wait: float) -> float | None:
             return busy
 
 
+def receive(variant: str, proc) -> dict | float:
+    """The worker's next pickled reply; a one-line exit if the worker died instead."""
+    try:
+        return pickle.load(proc.stdout)
+    except EOFError:
+        code = proc.wait()
+        fix = (
+            "killed by a signal (the OOM killer, if memory ran out): run fewer variants per "
+            "invocation, since JAX workers with cpu_malloc_tuning keep their peak heap"
+            if code < 0
+            else "its error is printed above"
+        )
+        raise SystemExit(
+            f"torch_reference: the worker for variant {variant!r} exited with code {code}; {fix}"
+        ) from None
+
+
 def parse_variant(v: str) -> dict:
     kind, _, rest = v.partition(":")
     items = [o for o in rest.split(",") if o]
@@ -392,19 +410,23 @@ def main():
                     [python, os.path.abspath(__file__), "--worker", json.dumps(spec)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                 )  # fmt: skip
-                reply = pickle.load(proc.stdout)  # one at a time: builds don't compete
+                procs[v] = (proc, None)
+                reply = receive(v, proc)  # one at a time: builds don't compete
                 if not reply["ok"]:
                     raise SystemExit(f"torch_reference: variant {v!r} failed: {reply['error']}")
                 procs[v] = (proc, reply["info"])
 
-            def ask(proc):
-                proc.stdin.write(b"step\n")
-                proc.stdin.flush()
-                return pickle.load(proc.stdout)
+            def ask(v, proc):
+                try:
+                    proc.stdin.write(b"step\n")
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # the worker is gone: receive() says how
+                return receive(v, proc)
 
             for _ in range(args.warmup):
-                for proc, _info in procs.values():
-                    ask(proc)
+                for v, (proc, _info) in procs.items():
+                    ask(v, proc)
             times = {v: [] for v in variants}
             firsts = {v: [] for v in variants}
             loads = {v: [] for v in variants}
@@ -412,12 +434,13 @@ def main():
                 for v, (proc, _info) in procs.items():
                     time.sleep(args.settle)
                     loads[v].append(wait_idle(args.idle_threshold, args.max_idle_wait))
-                    turn = [ask(proc) for _ in range(args.steps_per_turn)]
+                    turn = [ask(v, proc) for _ in range(args.steps_per_turn)]
                     firsts[v].append(turn[0])
                     times[v].extend(turn[1:] if len(turn) > 1 else turn)
         finally:
             for proc, _ in procs.values():
-                proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
                 proc.wait()
             os.remove(batch_path)
 
