@@ -42,7 +42,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
     c.skip_nonfinite = False  # True: skip updates whose loss/grad is non-finite instead of stopping
     # Donate the train state to the step (in-place update): 'auto' = on GPU/TPU, not on CPU,
-    # where XLA:CPU's donated CE step measured 7% slower (BENCHMARKS.md); 'always' or 'never'.
+    # where it measured no faster and saves little memory (BENCHMARKS.md); 'always' or 'never'.
     c.donate_state = "auto"
 
     c.distributed = ml_collections.ConfigDict()

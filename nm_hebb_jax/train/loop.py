@@ -63,7 +63,8 @@ def donates_state(config) -> bool:
     """Whether the train steps donate their input state (``config.donate_state``).
 
     ``'auto'``: on GPU/TPU, where in-place updates save memory, and not on the CPU backend, where
-    the donated ResNet-18 CE step measured 7% slower (XLA:CPU then fuses the update differently).
+    the state is small next to a step's temporaries and the donated ResNet-18 CE step measured no
+    faster (7% slower before ``conv_input_barrier``; BENCHMARKS.md).
     """
     mode = config.get("donate_state", "auto")
     return mode == "always" or (mode == "auto" and jax.default_backend() != "cpu")
