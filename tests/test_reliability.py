@@ -112,7 +112,19 @@ def _damage(step_dir, how):
         meta_file.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "fingerprint"])
+# Restoring a checkpoint whose data directory is gone fails inside orbax's asyncio.run(); a
+# read that is still in flight on a worker thread then completes and calls back into the closed
+# loop ("RuntimeError: Event loop is closed", reported by pytest as unraisable, in some runs).
+# That is orbax's error path, after ours has already caught the failure; it is ignored for
+# this case only.
+_ORBAX_CLOSED_LOOP = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.mark.parametrize(
+    "how", ["truncate", pytest.param("delete", marks=_ORBAX_CLOSED_LOOP), "fingerprint"]
+)
 def test_damaged_latest_checkpoint_falls_back_to_previous_good_step(smoke_run, tmp_path, how):
     _, reference, _ = smoke_run
     workdir = tmp_path / how
