@@ -55,6 +55,12 @@ _ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
 }
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raises a one-line ValueError naming ``name`` and ``choices`` unless ``value`` is one."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}")
+
+
 def check_hebb_activation(value: str) -> None:
     """Raises a one-line ValueError unless ``value`` is one of :data:`HEBB_ACTIVATIONS`.
 
@@ -64,10 +70,7 @@ def check_hebb_activation(value: str) -> None:
     Raises:
       ValueError: ``value`` is not a known tap mode.
     """
-    if value not in HEBB_ACTIVATIONS:
-        raise ValueError(
-            f"hebb_activation={value!r} is not supported; choose one of {HEBB_ACTIVATIONS}"
-        )
+    _check_choice("hebb_activation", value, HEBB_ACTIVATIONS)
 
 
 def tap_pool(x: Array) -> Array:
@@ -110,10 +113,7 @@ def tap_kwargs(module: nn.Module) -> dict[str, Any]:
 
 def check_depthwise_impl(value: str) -> None:
     """Raises a one-line ValueError unless ``value`` is one of :data:`DEPTHWISE_IMPLS`."""
-    if value not in DEPTHWISE_IMPLS:
-        raise ValueError(
-            f"depthwise_impl={value!r} is not supported; choose one of {DEPTHWISE_IMPLS}"
-        )
+    _check_choice("depthwise_impl", value, DEPTHWISE_IMPLS)
 
 
 def resolve_depthwise_impl(impl: str) -> str:
@@ -130,10 +130,7 @@ def resolve_depthwise_impl(impl: str) -> str:
 
 def check_conv_input_barrier(value: str) -> None:
     """Raises a one-line ``ValueError`` unless ``value`` is in :data:`CONV_INPUT_BARRIERS`."""
-    if value not in CONV_INPUT_BARRIERS:
-        raise ValueError(
-            f"conv_input_barrier={value!r} is not supported; choose one of {CONV_INPUT_BARRIERS}"
-        )
+    _check_choice("conv_input_barrier", value, CONV_INPUT_BARRIERS)
 
 
 def resolve_conv_input_barrier(value: str) -> bool:
