@@ -55,10 +55,10 @@ HYPER_EVERY = 10
 
 def make_config(model: str, method: str, batch: int, dtype: str, g_r_mode: str = "recompute"):
     c = get_base_config()
-    full = get_base_config()
-    apply_smoke(c)  # digits data (offline); the model and runtime are made full size again below
     # a full-size run's CPU runtime, not the compile-bound smoke one (which turns malloc off)
-    c.cpu_tuning, c.cpu_malloc_tuning = full.cpu_tuning, full.cpu_malloc_tuning
+    runtime = c.cpu_tuning, c.cpu_malloc_tuning
+    apply_smoke(c)  # digits data (offline); the model and runtime are made full size again below
+    c.cpu_tuning, c.cpu_malloc_tuning = runtime
     c.model.name = model
     c.model.overrides = type(c.model.overrides)()
     c.model.dtype = dtype
