@@ -411,6 +411,30 @@ def test_conv_input_barrier_changes_nothing_but_speed(name):
     _assert_one_line_value_error(excinfo, "'yes'", "auto", "on", "off")
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_conv_input_barrier_keeps_forward_mode_autodiff(name):
+    """Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) runs through a backbone with the
+    barrier on and agrees with the barrier off. The depthwise layers of MobileNet-v2 use
+    ``depthwise_impl='conv'``: the ``'shifts'`` kernel gradient is reverse-mode only."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    jvps = {}
+    for barrier in ("on", "off"):
+        net = _tiny(name, conv_input_barrier=barrier, depthwise_impl="conv")
+        variables = net.init(jax.random.key(1), x)
+
+        def logits(params, net=net, variables=variables):
+            return net.apply({**variables, "params": params}, x, train=False)[0]
+
+        params = variables["params"]
+        tangent = jax.tree.map(
+            lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params
+        )
+        jvps[barrier] = jax.jit(lambda p, v, f=logits: jax.jvp(f, (p,), (v,)))(params, tangent)
+    assert float(jnp.abs(jvps["on"][1]).max()) > 0
+    for a, b in zip(jvps["on"], jvps["off"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def _transposes_recomputing_relu(barrier: str) -> int:
     """How many transpose fusions in the compiled gradient of conv(relu(bn(conv(x)))) recompute
     the ReLU (a ``maximum``) instead of reading the stored activation."""
