@@ -1,12 +1,21 @@
-r"""Cost of NM-Hebb's hypergradient step and of XLA:CPU control flow (medians, interleaved).
+r"""Cost of NM-Hebb's hypergradient step, of XLA:CPU control flow and of a forward-mode g_R.
 
   python experiments/bench/hyper_step_bench.py [--config=configs/quickstart.py] [--repeats=15]
+  python experiments/bench/hyper_step_bench.py --model=resnet18 --batch=128 --no-cond
 
-Prints, for the config's model and batch, the median time of (a) the plain phase-1 step, (b) the
-hypergradient step variant, (c) g_R (gradient of the ungated regularisers) at the top level of a
-jitted computation and (d) the same g_R inside a ``lax.cond`` branch, plus the ratios b/a and d/c
-measured in the same run. The variants are interleaved so machine load affects them alike.
-Not a unit test: timings depend on the machine (CPU XLA here).
+Prints the median time (interleaved repeats, so machine load affects them alike) of
+  ``plain_step``      the plain phase-1 step,
+  ``hyper_step``      its exact hypergradient variant (``hyper_step=True``),
+  ``reg_forward``     the ungated regulariser value alone (forward to the tapped layer),
+  ``g_R_top_level``   g_R (its gradient) at the top level of a jitted computation,
+  ``g_R_in_cond``     the same g_R inside a ``lax.cond`` branch (skipped with ``--no-cond``),
+  ``g_R_dot_jvp``     ⟨g_R, v⟩ for a fixed direction v by forward mode (``jax.jvp``), the one
+                      number the hypergradient's applying step needs from a fresh g_R,
+with the ratios hyper/plain, cond/top level and jvp/vjp measured in the same run.
+
+``--model``/``--batch``: a full-size backbone on the bundled digits data (step_bench's
+configuration) instead of ``--config``. The CPU runtime (XLA flags, malloc) is configured from the
+config as ``main.py`` does. Not a unit test: timings depend on the machine (CPU XLA here).
 """
 
 import argparse
@@ -22,8 +31,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step_bench import stepping  # noqa: E402
+from step_bench import make_config, stepping  # noqa: E402
 
+from nm_hebb_jax import cpu_runtime  # noqa: E402
 from nm_hebb_jax.objectives import regularizer_grad  # noqa: E402
 from nm_hebb_jax.train import sharding as S  # noqa: E402
 from nm_hebb_jax.train.loop import Trainer, build_run  # noqa: E402
@@ -47,9 +57,16 @@ def timed(fn):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/quickstart.py")
+    p.add_argument("--model", default="", help="a full-size backbone instead of --config")
+    p.add_argument("--batch", type=int, default=128, help="batch size with --model")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--no-cond", action="store_true", help="skip the g_R_in_cond row")
     args = p.parse_args()
-    cfg = load_config(args.config)
+    if args.model:
+        cfg = make_config(args.model, "nm_hebb", args.batch, "float32")
+    else:
+        cfg = load_config(args.config)
+    tuning = cpu_runtime.configure(malloc=cfg.cpu_malloc_tuning) if cfg.cpu_tuning else []
     run = build_run(cfg, mesh=S.make_mesh(jax.devices()[:1]))
     trainer = Trainer(run, "/nonexistent-not-written")
     params, bs = trainer.init_variables()
@@ -64,17 +81,30 @@ def main():
     obj_state = {"batch_stats": state.batch_stats, "ewc": ewc}
     rng = jax.random.key(0)
     g_r = regularizer_grad(plan.objective)
+
+    def reg(backbone, params):
+        _, aux = plan.objective({**params, "backbone": backbone}, obj_state, batch, rng)
+        return aux["regularizer"]
+
     top = jax.jit(lambda p: g_r(p, obj_state, batch, rng))
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    cond = jax.jit(
-        lambda p, c: jax.lax.cond(c, lambda: g_r(p, obj_state, batch, rng), lambda: zeros)
-    )
+    forward = jax.jit(lambda p: reg(p["backbone"], p))
+    direction = top(state.params)["backbone"]  # v = g_R itself, so <g_R, v> > 0 is a check
+    dot_jvp = jax.jit(lambda p, v: jax.jvp(lambda b: reg(b, p), (p["backbone"],), (v,))[1])
     fns = {
         "plain_step": stepping(plain, (state, ewc, batch)),
         "hyper_step": stepping(hyper, (state, ewc, batch)),
+        "reg_forward": lambda: forward(state.params),
         "g_R_top_level": lambda: top(state.params),
-        "g_R_in_cond": lambda: cond(state.params, True),
+        "g_R_dot_jvp": lambda: dot_jvp(state.params, direction),
     }
+    if not args.no_cond:
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        cond = jax.jit(
+            lambda p, c: jax.lax.cond(c, lambda: g_r(p, obj_state, batch, rng), lambda: zeros)
+        )
+        fns["g_R_in_cond"] = lambda: cond(state.params, True)
+    by_vjp = sum(float(jnp.vdot(v, v)) for v in jax.tree.leaves(direction))
+    by_jvp = float(fns["g_R_dot_jvp"]())
     for fn in fns.values():  # compile
         timed(fn)
     times = {name: [] for name in fns}
@@ -83,20 +113,25 @@ def main():
             times[name].append(timed(fn))
     med = {name: float(np.median(t)) for name, t in times.items()}
     out = {
-        "config": args.config,
+        "config": f"{args.model} batch {args.batch} (step_bench)" if args.model else args.config,
         "backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
+        "cpu_tuning_flags": tuning,
+        "malloc_tuning": cpu_runtime.malloc_applied(),
         "batch_size": cfg.batch_size,
         "median_s": med,
         "spread_s": {n: [float(min(t)), float(max(t))] for n, t in times.items()},
         "hyper_over_plain": med["hyper_step"] / med["plain_step"],
-        "cond_over_top_level": med["g_R_in_cond"] / med["g_R_top_level"],
+        "jvp_over_vjp": med["g_R_dot_jvp"] / med["g_R_top_level"],
+        "g_R_dot_g_R": {"vjp_then_dot": by_vjp, "jvp": by_jvp},
         "mean_phase1_overhead_at_hyper_every": (2 * med["hyper_step"] + (k - 2) * med["plain_step"])
         / (k * med["plain_step"])
         if k > 2
         else med["hyper_step"] / med["plain_step"],
         "hyper_every": k,
     }
+    if "g_R_in_cond" in med:
+        out["cond_over_top_level"] = med["g_R_in_cond"] / med["g_R_top_level"]
     print(json.dumps(out, indent=2))
 
 

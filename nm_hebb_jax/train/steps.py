@@ -81,8 +81,8 @@ def make_train_step(
         (``t % k == k − 1``) and applies the φ update with the exact g_CE (``t % k == 0``);
         ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ update with g_R,t
         estimated by the stored g_R,t−1 (no g_R pass). Separate compiled variants rather than a
-        ``lax.cond``: on XLA:CPU a convolution inside a conditional branch ran 25x slower than at
-        top level (0.98 s vs 0.038 s, small ResNet).
+        ``lax.cond``: on XLA:CPU g_R inside a conditional branch ran 38x slower than at top level
+        (0.971 s vs 0.0255 s, quickstart model; ``experiments/bench/hyper_step_bench.py``).
 
     Returns:
       ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars.
