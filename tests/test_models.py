@@ -465,6 +465,36 @@ def _transposes_recomputing_relu(barrier: str) -> int:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_depthwise_grad_barrier_stops_xla_cpu_recomputing_the_cotangent_per_tap():
+    """The ``'shifts'`` input gradient sums 9 shifted copies of the output cotangent. Without
+    ``grad_barrier`` XLA:CPU fuses the cotangent's producer (here tanh's derivative) into that
+    sum, recomputing it for every tap; with it the sum reads the stored cotangent. The gradients
+    are the same."""
+    from nm_hebb_jax.models.layers import depthwise_conv
+
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+    fused, grads = {}, {}
+    for barrier in (False, True):
+
+        def loss(x, w, barrier=barrier):
+            return jnp.sum(jnp.tanh(depthwise_conv(x, w, 1, "shifts", barrier)))
+
+        hlo = jax.jit(jax.grad(loss)).lower(x, w).compile().as_text()  # input gradient
+        bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
+        fused[barrier] = sum(
+            " tanh(" in bodies.get(callee, "")
+            for callee in re.findall(r"= [^\n]* fusion\([^\n]*calls=(%[\w.\-]+)", hlo)
+            if bodies.get(callee, "").count(" pad(") >= 9
+        )
+        grads[barrier] = jax.jit(jax.grad(loss, (0, 1)))(x, w)
+    assert fused[False] >= 1
+    assert fused[True] == 0
+    for a, b in zip(grads[True], grads[False], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
 def test_conv_input_barrier_stops_xla_cpu_recomputing_the_activation_in_transposes():
     """The reason for the barrier (BENCHMARKS.md): without it XLA:CPU fuses BatchNorm + ReLU
     into the transpose that feeds the kernel gradient; with it the transpose reads the stored

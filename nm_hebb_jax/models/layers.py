@@ -200,7 +200,9 @@ def conv2d(
     )
 
 
-def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
+def depthwise_conv(
+    x: Array, kernel: Array, strides: int, impl: str = "auto", grad_barrier: bool = False
+) -> Array:
     """Depthwise convolution (one filter per channel), symmetric padding ``(k - 1) // 2``.
 
     ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C``.
@@ -211,6 +213,11 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
     batch once for all k*k taps instead of streaming the whole batch k*k times.
     Being a ``custom_vjp``, ``'shifts'`` supports reverse-mode autodiff only; use ``'conv'`` for
     ``jax.jvp`` / ``jax.jacfwd`` through the layer.
+
+    ``grad_barrier`` (``'shifts'`` only): the backward pass first keeps the output cotangent in
+    memory (:func:`_rewrite_in_place`). Its input gradient sums k*k shifted copies of the
+    cotangent; without the barrier XLA:CPU fuses the cotangent's producer (BatchNorm's backward,
+    the activation mask) into that sum and recomputes it for every tap (BENCHMARKS.md, notes).
     The two agree to float32 rounding (summation order differs). ``'auto'``: see
     :func:`resolve_depthwise_impl`.
 
@@ -219,13 +226,14 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
       kernel: ``[k, k, 1, C]`` (HWIO with one input channel per group).
       strides: spatial stride.
       impl: ``'auto'``, ``'conv'`` or ``'shifts'``.
+      grad_barrier: keep the output cotangent in memory in the ``'shifts'`` backward pass.
 
     Returns:
       ``[N, ceil(H / strides), ceil(W / strides), C]``.
     """
     if resolve_depthwise_impl(impl) == "conv":
         return conv2d(x, kernel, strides, groups=x.shape[-1])
-    return _depthwise_shifts(x, kernel, strides)
+    return _depthwise_shifts(x, kernel, strides, grad_barrier)
 
 
 def _shifted_windows(x: Array, k: int, strides: int) -> list[Array]:
@@ -303,17 +311,19 @@ def depthwise_kernel_grad(
     return acc.reshape(k, k, 1, c)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_shifts(x: Array, kernel: Array, strides: int) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifts(x: Array, kernel: Array, strides: int, grad_barrier: bool) -> Array:
     return _depthwise_sum(x, kernel, strides)
 
 
-def _depthwise_shifts_fwd(x, kernel, strides):
+def _depthwise_shifts_fwd(x, kernel, strides, grad_barrier):
     return _depthwise_sum(x, kernel, strides), (x, kernel)
 
 
-def _depthwise_shifts_bwd(strides, residuals, g):
+def _depthwise_shifts_bwd(strides, grad_barrier, residuals, g):
     x, kernel = residuals
+    if grad_barrier:
+        g = _rewrite_in_place(g)
     _, vjp_x = jax.vjp(lambda x_: _depthwise_sum(x_, kernel, strides), x)
     (dx,) = vjp_x(g)
     dk = depthwise_kernel_grad(x, g, kernel.shape[0], strides)
@@ -392,8 +402,10 @@ class ConvBN(nn.Module):
         convolution, one of :data:`DEPTHWISE_IMPLS` (see :func:`depthwise_conv`); other units
         ignore it.
       conv_input_barrier: whether a non-depthwise unit passes its input through
-        :func:`materialize`, one of :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only). The
-        values and gradients are the same either way; only XLA:CPU's speed changes.
+        :func:`materialize` and a ``'shifts'`` depthwise unit keeps its output cotangent in
+        memory (:func:`depthwise_conv` ``grad_barrier``), one of :data:`CONV_INPUT_BARRIERS`
+        (``'auto'``: on CPU only). The values and gradients are the same either way; only
+        XLA:CPU's speed changes.
     """
 
     features: int
@@ -434,10 +446,10 @@ class ConvBN(nn.Module):
             jnp.float32,
         )
         x, kernel_c = x.astype(self.dtype), kernel.astype(self.dtype)
+        barrier = resolve_conv_input_barrier(self.conv_input_barrier)
         if self.groups > 1 and self.groups == in_features == self.features:
-            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl)
+            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl, barrier)
         else:
-            barrier = resolve_conv_input_barrier(self.conv_input_barrier)
             y = conv2d(x, kernel_c, self.strides, self.groups, input_barrier=barrier)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
