@@ -20,11 +20,19 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
                         ``'shifts'``;
   depthwise_shifts_dw_one_chunk   the 'shifts' kernel gradient as k*k reductions over the whole
                         batch (``depthwise_kernel_grad`` with no chunking: what autodiff of the
-                        shifted slices gives), against the default cache-sized batch chunks.
+                        shifted slices gives), against the default cache-sized batch chunks;
+  depthwise_shifts_layer{,_barrier}   what a training step does with a MobileNet-v2 depthwise
+                        unit: 'shifts' depthwise conv, training-mode BatchNorm and ReLU6, forward
+                        and the input and kernel gradients, without and with ``grad_barrier``
+                        (``conv_input_barrier``: the input gradient's k*k-tap sum reads the stored
+                        cotangent instead of recomputing BatchNorm's backward for every tap).
 
-The whole set runs twice, in two subprocesses: with jaxlib's default (YNNPACK convolutions) and
-with ``nm_hebb_jax.cpu_runtime.CPU_XLA_FLAGS`` (XLA's own), since XLA reads its flags once per
-process. Timings, not tests.
+The whole set runs three times, in subprocesses, since XLA reads its flags once per process:
+``ynnpack_default`` (jaxlib's default, YNNPACK convolutions), ``cpu_tuning``
+(``nm_hebb_jax.cpu_runtime.CPU_XLA_FLAGS``: XLA's own) and ``cpu_runtime`` (those flags plus
+:func:`nm_hebb_jax.cpu_runtime.tune_malloc`, what a full-size run uses: without it every fresh
+output buffer is page-faulted in again, which dominates the memory-bound cases). Timings, not
+tests.
 """
 
 from __future__ import annotations
@@ -99,6 +107,18 @@ def cases():
     def dwise(impl):
         return lambda x, w: depthwise_conv(x, w, 1, impl)
 
+    def dw_layer(barrier):
+        def unit(x, w, s):
+            y = depthwise_conv(x, w, 1, "shifts", barrier)
+            mean, var = jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
+            return jnp.clip((y - mean) * jax.lax.rsqrt(var + 1e-5) * s + s, 0.0, 6.0)
+
+        def f(g, x, w, s):
+            out, vjp = jax.vjp(lambda x, w: unit(x, w, s), x, w)
+            return out, vjp(g)
+
+        return f
+
     out = {
         "dense_fwd": (conv, (x, w)),
         "dense_dx": (dx, (g, w, x)),
@@ -124,6 +144,9 @@ def cases():
         lambda g, x: depthwise_kernel_grad(x, g, 3, 1, chunk_bytes=1 << 62),
         (gd, xd),
     )
+    sd = jnp.full((144,), 1.1)
+    out["depthwise_shifts_layer"] = (dw_layer(False), (gd, xd, wd, sd))
+    out["depthwise_shifts_layer_barrier"] = (dw_layer(True), (gd, xd, wd, sd))
     return out
 
 
@@ -149,28 +172,38 @@ def main():
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--out", default="")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--malloc", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        if args.malloc:
+            from nm_hebb_jax.cpu_runtime import tune_malloc
+
+            tune_malloc()
         print(json.dumps(run_cases(args.repeats)))
         return
     from nm_hebb_jax.cpu_runtime import CPU_XLA_FLAGS
 
     report = {}
-    for label, flags in (("ynnpack_default", ""), ("cpu_tuning", " ".join(CPU_XLA_FLAGS))):
-        env = {**os.environ, "XLA_FLAGS": flags}
+    flags = " ".join(CPU_XLA_FLAGS)
+    for label, xla_flags, malloc in (
+        ("ynnpack_default", "", []),
+        ("cpu_tuning", flags, []),
+        ("cpu_runtime", flags, ["--malloc"]),
+    ):
+        env = {**os.environ, "XLA_FLAGS": xla_flags}
+        worker = [sys.executable, os.path.abspath(__file__), "--worker", *malloc]
         out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", "--repeats", str(args.repeats)],
+            [*worker, "--repeats", str(args.repeats)],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
         report[label] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'case':30s} {'YNNPACK ms':>11s} {'cpu_tuning ms':>14s}")
+    print(f"{'case':38s} {'YNNPACK ms':>11s} {'cpu_tuning ms':>14s} {'+ malloc ms':>12s}")
     for name in report["cpu_tuning"]:
-        a = report["ynnpack_default"][name]["median_ms"]
-        b = report["cpu_tuning"][name]["median_ms"]
-        print(f"{name:30s} {a:11.1f} {b:14.1f}")
+        a, b, c = (report[k][name]["median_ms"] for k in report)
+        print(f"{name:38s} {a:11.1f} {b:14.1f} {c:12.1f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
