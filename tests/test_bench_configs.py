@@ -1,22 +1,29 @@
-"""experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones."""
+"""experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones;
+the profile summary reads a real trace."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 
+import jax
+import jax.numpy as jnp
+import pytest
+
 from nm_hebb_jax.config_base import get_base_config
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "bench")
 
 
-def _step_bench():
-    spec = importlib.util.spec_from_file_location(
-        "step_bench", os.path.join(BENCH, "step_bench.py")
-    )
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _step_bench():
+    return _bench_module("step_bench")
 
 
 def test_bench_config_keeps_the_full_size_cpu_runtime_and_model():
@@ -28,3 +35,31 @@ def test_bench_config_keeps_the_full_size_cpu_runtime_and_model():
     assert cfg.cpu_malloc_tuning is True
     assert cfg.model.name == "resnet18" and not dict(cfg.model.overrides)
     assert cfg.batch_size == 128 and cfg.model.dtype == "float32"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's worker-thread lines")
+def test_profile_summary_counts_named_operations_reductions_and_loops(tmp_path):
+    """profile_step.summarize on a real trace: a reduction inside a 4-step scan is found, with
+    its calls per step, and the named time is part of the busy time."""
+    import glob
+
+    summarize = _bench_module("profile_step").summarize
+
+    def body(carry, x):
+        return carry + jnp.sum(jnp.tanh(x) * x, axis=0), None
+
+    fn = jax.jit(lambda xs: jax.lax.scan(body, jnp.zeros((512,)), xs)[0])
+    xs = jnp.ones((4, 2048, 512))
+    compiled = fn.lower(xs).compile()
+    jax.block_until_ready(compiled(xs))
+    with jax.profiler.trace(str(tmp_path)):
+        for _ in range(2):
+            jax.block_until_ready(compiled(xs))
+    (trace,) = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)
+    report = summarize(trace, compiled.as_text(), steps=2, top=5)
+    assert report["threads"] >= 1
+    assert report["busy_ms"] >= report["named_ms"] > 0
+    reductions = [k for k in report["kinds"] if k["reduction_ms"] > 0]
+    assert reductions, report["kinds"]
+    assert any(k["reduction_in_loops_ms"] > 0 for k in reductions)
+    assert any(op["calls"] == 4 for op in report["top_ops"]), report["top_ops"]
