@@ -43,7 +43,13 @@ def test_profile_summary_counts_named_operations_reductions_and_loops(tmp_path):
     its calls per step, and the named time is part of the busy time."""
     import glob
 
-    summarize = _bench_module("profile_step").summarize
+    profile_step = _bench_module("profile_step")
+    summarize = profile_step.summarize
+    # a loop's event contains its body's: each counts its own (exclusive) time once
+    nested = [(0, 10, "while"), (1, 3, "body_a"), (4, 6, "body_b"), (12, 14, "after")]
+    assert sorted(profile_step._self_times(nested)) == sorted(
+        [("body_a", 2), ("body_b", 2), ("while", 6), ("after", 2)]
+    )
 
     def body(carry, x):
         return carry + jnp.sum(jnp.tanh(x) * x, axis=0), None

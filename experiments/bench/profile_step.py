@@ -60,6 +60,21 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def _self_times(events: list[tuple[float, float, str]]) -> list[tuple[str, float]]:
+    """Exclusive time of nested events (a ``while`` contains its body's operations), sorted by
+    start with the enclosing event first."""
+    out, stack = [], []  # stack entries: [end, name, child_ns, duration]
+    for start, end, name in events:
+        while stack and start >= stack[-1][0]:
+            done = stack.pop()
+            out.append((done[1], done[3] - done[2]))
+        if stack:
+            stack[-1][2] += min(end, stack[-1][0]) - start
+        stack.append([end, name, 0.0, end - start])
+    out.extend((e[1], e[3] - e[2]) for e in stack)
+    return out
+
+
 def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> dict:
     """Busy time per operation kind on XLA's worker threads, per step, from one trace file."""
     from jax.profiler import ProfileData
@@ -76,7 +91,8 @@ def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> dict:
                 continue  # thread, which also runs operations inline
             region_start = None
             spans = []  # task regions and named operations: the thread's busy intervals
-            for ev in sorted(line.events, key=lambda e: e.start_ns):
+            named = []
+            for ev in sorted(line.events, key=lambda e: (e.start_ns, -e.duration_ns)):
                 if not line.name.startswith("tf_XLAEigen"):
                     pass  # the client thread's regions span whole executions: not work
                 elif ev.name == "ThreadpoolListener::StartRegion":
@@ -88,9 +104,11 @@ def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> dict:
                     continue
                 threads.add(line.name)
                 spans.append((ev.start_ns, ev.start_ns + ev.duration_ns))
-                per_op[ev.name.removeprefix("end: ")] += ev.duration_ns / 1e6 / steps
+                named.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
                 if not ev.name.startswith("end: "):
                     calls[ev.name] += 1
+            for name, self_ns in _self_times(named):
+                per_op[name.removeprefix("end: ")] += self_ns / 1e6 / steps
             busy_ns += _union_length(spans)
     kinds = collections.Counter()
     reductions = collections.Counter()
