@@ -75,6 +75,10 @@ FULL_EMBEDDING_DIM = {
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
 
+#: Backbones with depthwise layers (``depthwise_impl`` applies).
+DEPTHWISE_MODELS = ("mobilenet_v2", "efficientnet_v2_s")
+
+
 def _tiny(name, **overrides):
     return models.get_model(name, num_classes=3, **TINY[name], **overrides)
 
@@ -380,7 +384,9 @@ def test_depthwise_impl_choices_give_the_same_model():
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_conv_input_barrier_changes_nothing_but_speed(name):
     """With ``conv_input_barrier`` on or off every backbone computes the same logits, batch
-    statistics and parameter gradients, bit for bit."""
+    statistics and parameter gradients: bit for bit without depthwise layers, to float32
+    rounding with them (the cotangent barrier changes how XLA:CPU fuses, so the order in which
+    the depthwise kernel gradient's one-pass reduction sums)."""
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
     labels = jnp.arange(4) % 3
     results = {}
@@ -404,8 +410,14 @@ def test_conv_input_barrier_changes_nothing_but_speed(name):
     leaves_on = jax.tree.leaves(results["on"])
     leaves_off = jax.tree.leaves(results["off"])
     assert len(leaves_on) == len(leaves_off) > 0
+    scale = max(float(np.abs(np.asarray(b, np.float32)).max()) for b in leaves_off)
     for a, b in zip(leaves_on, leaves_off, strict=True):
-        np.testing.assert_array_equal(a, b)
+        if name in DEPTHWISE_MODELS:
+            # the depthwise kernel gradient's one-pass (variadic) reduction: with the cotangent
+            # stored instead of fused, XLA:CPU may fuse and sum in another order
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+        else:
+            np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError) as excinfo:
         _tiny(name, conv_input_barrier="yes")
     _assert_one_line_value_error(excinfo, "'yes'", "auto", "on", "off")
@@ -469,7 +481,7 @@ def test_depthwise_grad_barrier_stops_xla_cpu_recomputing_the_cotangent_per_tap(
     """The ``'shifts'`` input gradient sums 9 shifted copies of the output cotangent. Without
     ``grad_barrier`` XLA:CPU fuses the cotangent's producer (here tanh's derivative) into that
     sum, recomputing it for every tap; with it the sum reads the stored cotangent. The gradients
-    are the same."""
+    are the same to float32 rounding."""
     from nm_hebb_jax.models.layers import depthwise_conv
 
     x = jax.random.normal(jax.random.key(0), (8, 16, 16, 8))
@@ -490,8 +502,8 @@ def test_depthwise_grad_barrier_stops_xla_cpu_recomputing_the_cotangent_per_tap(
         grads[barrier] = jax.jit(jax.grad(loss, (0, 1)))(x, w)
     assert fused[False] >= 1
     assert fused[True] == 0
-    for a, b in zip(grads[True], grads[False], strict=True):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(grads[True], grads[False], strict=True):  # equal to float32 rounding
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.abs(b).max()))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")

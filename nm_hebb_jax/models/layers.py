@@ -276,7 +276,9 @@ def depthwise_kernel_grad(
     Written as k*k reductions over the whole batch, XLA:CPU streams ``x`` and ``g`` from memory
     once per tap. Here a ``lax.scan`` over chunks of the batch (the largest divisor of ``N``
     whose ``x`` and ``g`` fit in ``chunk_bytes``) computes all taps of a chunk while it is in
-    cache, accumulating in float32: 3x faster on MobileNet-v2's largest maps.
+    cache, in one variadic reduction (one pass over the chunk for all k*k sums, instead of k*k
+    reductions), accumulating in float32 (BENCHMARKS.md, conv_micro's
+    ``depthwise_shifts_dw*`` cases).
 
     Args:
       x: the layer input ``[N, H, W, C]``.
@@ -294,12 +296,17 @@ def depthwise_kernel_grad(
     b = max(fits, default=1)
 
     def taps(xq: Array, gq: Array) -> Array:
-        return jnp.stack(
-            [
-                jnp.sum(window * gq, axis=(0, 1, 2), dtype=jnp.float32)
-                for window in _shifted_windows(xq, k, strides)
-            ]
+        # one variadic reduction: a single pass over the chunk computes all k*k sums
+        prods = tuple(
+            (window * gq).astype(jnp.float32) for window in _shifted_windows(xq, k, strides)
         )
+        sums = jax.lax.reduce(
+            prods,
+            tuple(jnp.zeros((), jnp.float32) for _ in prods),
+            lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
+            (0, 1, 2),
+        )
+        return jnp.stack(sums)
 
     if b == n:
         acc = taps(x, g)
