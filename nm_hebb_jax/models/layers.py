@@ -411,7 +411,8 @@ class ConvBN(nn.Module):
       conv_input_barrier: whether a non-depthwise unit passes its input through
         :func:`materialize` and a ``'shifts'`` depthwise unit keeps its output cotangent in
         memory (:func:`depthwise_conv` ``grad_barrier``), one of :data:`CONV_INPUT_BARRIERS`
-        (``'auto'``: on CPU only). The values and gradients are the same either way; only
+        (``'auto'``: on CPU only). The values and gradients are the same either way (to float32
+        rounding where a depthwise kernel gradient's reduction sums in another order); only
         XLA:CPU's speed changes.
     """
 
