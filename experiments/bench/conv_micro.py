@@ -18,9 +18,9 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
   depthwise_{conv,shifts}_{fwd,dx,dw}   3x3 depthwise conv, 144 channels on 32x32, as lax's
                         grouped convolution and as :func:`nm_hebb_jax.models.layers.depthwise_conv`
                         ``'shifts'``;
-  depthwise_shifts_dw_one_chunk   the 'shifts' kernel gradient as k*k reductions over the whole
-                        batch (``depthwise_kernel_grad`` with no chunking: what autodiff of the
-                        shifted slices gives), against the default cache-sized batch chunks;
+  depthwise_shifts_dw_one_chunk   the 'shifts' kernel gradient's reduction over the whole batch
+                        at once (``depthwise_kernel_grad`` with no chunking), against the
+                        default cache-sized batch chunks;
   depthwise_shifts_layer{,_barrier}   what a training step does with a MobileNet-v2 depthwise
                         unit: 'shifts' depthwise conv, training-mode BatchNorm and ReLU6, forward
                         and the input and kernel gradients, without and with ``grad_barrier``
