@@ -447,6 +447,13 @@ def test_conv_input_barrier_keeps_forward_mode_autodiff(name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _fusion_bodies(hlo: str) -> dict[str, str]:
+    """Compiled HLO text -> ``{fusion instruction name: text of the computation it calls}``."""
+    bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
+    calls = re.findall(r"%([\w.\-]+) = [^\n]* fusion\([^\n]*calls=(%[\w.\-]+)", hlo)
+    return {name: bodies.get(callee, "") for name, callee in calls}
+
+
 def _transposes_recomputing_relu(barrier: str) -> int:
     """How many transpose fusions in the compiled gradient of conv(relu(bn(conv(x)))) recompute
     the ReLU (a ``maximum``) instead of reading the stored activation."""
@@ -469,11 +476,10 @@ def _transposes_recomputing_relu(barrier: str) -> int:
         return jnp.sum(out**2)
 
     hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
-    bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
-    count = 0
-    for callee in re.findall(r"%transpose[\w.\-]* = [^\n]* fusion\([^\n]*calls=(%[\w.\-]+)", hlo):
-        count += " maximum(" in bodies.get(callee, "")
-    return count
+    fusions = _fusion_bodies(hlo)
+    return sum(
+        " maximum(" in body for name, body in fusions.items() if name.startswith("transpose")
+    )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
@@ -493,11 +499,8 @@ def test_depthwise_grad_barrier_stops_xla_cpu_recomputing_the_cotangent_per_tap(
             return jnp.sum(jnp.tanh(depthwise_conv(x, w, 1, "shifts", barrier)))
 
         hlo = jax.jit(jax.grad(loss)).lower(x, w).compile().as_text()  # input gradient
-        bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
         fused[barrier] = sum(
-            " tanh(" in bodies.get(callee, "")
-            for callee in re.findall(r"= [^\n]* fusion\([^\n]*calls=(%[\w.\-]+)", hlo)
-            if bodies.get(callee, "").count(" pad(") >= 9
+            " tanh(" in body for body in _fusion_bodies(hlo).values() if body.count(" pad(") >= 9
         )
         grads[barrier] = jax.jit(jax.grad(loss, (0, 1)))(x, w)
     assert fused[False] >= 1
