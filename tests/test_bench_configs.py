@@ -22,15 +22,11 @@ def _bench_module(name):
     return module
 
 
-def _step_bench():
-    return _bench_module("step_bench")
-
-
 def test_bench_config_keeps_the_full_size_cpu_runtime_and_model():
     # make_config starts from the smoke config for its offline data; the smoke config turns
     # cpu_malloc_tuning off, which torch_reference's JAX workers then silently ran without.
     full = get_base_config()
-    cfg = _step_bench().make_config("resnet18", "nm_hebb", 128, "float32")
+    cfg = _bench_module("step_bench").make_config("resnet18", "nm_hebb", 128, "float32")
     assert (cfg.cpu_tuning, cfg.cpu_malloc_tuning) == (full.cpu_tuning, full.cpu_malloc_tuning)
     assert cfg.cpu_malloc_tuning is True
     assert cfg.model.name == "resnet18" and not dict(cfg.model.overrides)

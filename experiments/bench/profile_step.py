@@ -45,7 +45,7 @@ _NOT_WORK = ("ThunkExecutor", "Slinky", "ThreadpoolListener")
 
 
 def _kind(name: str) -> str:
-    return re.sub(r"\.\d+$", "", name.removeprefix("end: "))
+    return re.sub(r"\.\d+$", "", name)
 
 
 def _union_length(spans: list[tuple[float, float]]) -> float:
@@ -90,26 +90,24 @@ def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> dict:
             if not line.name.startswith("tf_XLA"):  # XLA's worker threads and its client
                 continue  # thread, which also runs operations inline
             region_start = None
-            spans = []  # task regions and named operations: the thread's busy intervals
-            named = []
+            regions, named = [], []  # thread-pool task regions; named operations
             for ev in sorted(line.events, key=lambda e: (e.start_ns, -e.duration_ns)):
                 if not line.name.startswith("tf_XLAEigen"):
                     pass  # the client thread's regions span whole executions: not work
                 elif ev.name == "ThreadpoolListener::StartRegion":
                     region_start = ev.start_ns
                 elif ev.name == "ThreadpoolListener::StopRegion" and region_start is not None:
-                    spans.append((region_start, ev.start_ns))
+                    regions.append((region_start, ev.start_ns))
                     region_start = None
                 if ev.name.startswith(_NOT_WORK):
                     continue
                 threads.add(line.name)
-                spans.append((ev.start_ns, ev.start_ns + ev.duration_ns))
                 named.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
                 if not ev.name.startswith("end: "):
                     calls[ev.name] += 1
             for name, self_ns in _self_times(named):
                 per_op[name.removeprefix("end: ")] += self_ns / 1e6 / steps
-            busy_ns += _union_length(spans)
+            busy_ns += _union_length(regions + [(start, end) for start, end, _ in named])
     kinds = collections.Counter()
     reductions = collections.Counter()
     looped = collections.Counter()
