@@ -21,11 +21,15 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
   depthwise_shifts_dw_one_chunk   the 'shifts' kernel gradient's reduction over the whole batch
                         at once (``depthwise_kernel_grad`` with no chunking), against the
                         default cache-sized batch chunks;
-  depthwise_shifts_layer{,_barrier}   what a training step does with a MobileNet-v2 depthwise
-                        unit: 'shifts' depthwise conv, training-mode BatchNorm and ReLU6, forward
-                        and the input and kernel gradients, without and with ``grad_barrier``
-                        (``conv_input_barrier``: the input gradient's k*k-tap sum reads the stored
-                        cotangent instead of recomputing BatchNorm's backward for every tap).
+  depthwise_shifts_layer{,_autodiff_dx,_autodiff_dx_barrier}   what a training step does with
+                        a MobileNet-v2 depthwise unit: 'shifts' depthwise conv, training-mode
+                        BatchNorm and ReLU6, forward and the input and kernel gradients. The
+                        input gradient is the default flipped-kernel sum
+                        (:func:`nm_hebb_jax.models.layers.depthwise_input_grad`), or autodiff's
+                        transpose of the shifted slices, where XLA:CPU recomputes BatchNorm's
+                        backward once per tap, or that transpose reading a stored cotangent
+                        (:func:`nm_hebb_jax.models.layers.materialize`; the default before the
+                        flipped kernel).
 
 The whole set runs three times, in subprocesses, since XLA reads its flags once per process:
 ``ynnpack_default`` (jaxlib's default, YNNPACK convolutions), ``cpu_tuning``
@@ -53,7 +57,13 @@ def cases():
     import jax
     import jax.numpy as jnp
 
-    from nm_hebb_jax.models.layers import conv2d, depthwise_conv, depthwise_kernel_grad
+    from nm_hebb_jax.models.layers import (
+        _depthwise_sum,
+        conv2d,
+        depthwise_conv,
+        depthwise_kernel_grad,
+        materialize,
+    )
 
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
@@ -107,9 +117,26 @@ def cases():
     def dwise(impl):
         return lambda x, w: depthwise_conv(x, w, 1, impl)
 
-    def dw_layer(barrier):
+    def autodiff_dx(barrier):
+        """'shifts' with autodiff's transpose as the input gradient (optionally of a stored
+        cotangent) and the default kernel gradient."""
+
+        @jax.custom_vjp
+        def dwc(x, w):
+            return _depthwise_sum(x, w, 1)
+
+        def bwd(res, g):
+            x, w = res
+            g = materialize(g) if barrier else g
+            dx = jax.vjp(lambda x: _depthwise_sum(x, w, 1), x)[1](g)[0]
+            return dx, depthwise_kernel_grad(x, g, 3, 1)
+
+        dwc.defvjp(lambda x, w: (_depthwise_sum(x, w, 1), (x, w)), bwd)
+        return dwc
+
+    def dw_layer(dwc):
         def unit(x, w, s):
-            y = depthwise_conv(x, w, 1, "shifts", barrier)
+            y = dwc(x, w)
             mean, var = jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
             return jnp.clip((y - mean) * jax.lax.rsqrt(var + 1e-5) * s + s, 0.0, 6.0)
 
@@ -145,8 +172,12 @@ def cases():
         (gd, xd),
     )
     sd = jnp.full((144,), 1.1)
-    out["depthwise_shifts_layer"] = (dw_layer(False), (gd, xd, wd, sd))
-    out["depthwise_shifts_layer_barrier"] = (dw_layer(True), (gd, xd, wd, sd))
+    out["depthwise_shifts_layer"] = (dw_layer(dwise("shifts")), (gd, xd, wd, sd))
+    out["depthwise_shifts_layer_autodiff_dx"] = (dw_layer(autodiff_dx(False)), (gd, xd, wd, sd))
+    out["depthwise_shifts_layer_autodiff_dx_barrier"] = (
+        dw_layer(autodiff_dx(True)),
+        (gd, xd, wd, sd),
+    )
     return out
 
 

@@ -200,9 +200,7 @@ def conv2d(
     )
 
 
-def depthwise_conv(
-    x: Array, kernel: Array, strides: int, impl: str = "auto", grad_barrier: bool = False
-) -> Array:
+def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
     """Depthwise convolution (one filter per channel), symmetric padding ``(k - 1) // 2``.
 
     ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C``.
@@ -210,30 +208,26 @@ def depthwise_conv(
     times the per-channel taps: elementwise work that XLA fuses into one loop, where XLA:CPU's
     grouped convolution is slow (BENCHMARKS.md, ``experiments/bench/conv_micro.py``). Its kernel
     gradient is :func:`depthwise_kernel_grad` (a ``custom_vjp``), which reads each chunk of the
-    batch once for all k*k taps instead of streaming the whole batch k*k times.
+    batch once for all k*k taps instead of streaming the whole batch k*k times; its input
+    gradient is :func:`depthwise_input_grad`, the same shifted sum over the cotangent with the
+    flipped kernel. Gradients agree with autodiff to float32 rounding (summation order).
     Being a ``custom_vjp``, ``'shifts'`` supports reverse-mode autodiff only; use ``'conv'`` for
     ``jax.jvp`` / ``jax.jacfwd`` through the layer.
 
-    ``grad_barrier`` (``'shifts'`` only): the backward pass first keeps the output cotangent in
-    memory (:func:`_rewrite_in_place`). Its input gradient sums k*k shifted copies of the
-    cotangent; without the barrier XLA:CPU fuses the cotangent's producer (BatchNorm's backward,
-    the activation mask) into that sum and recomputes it for every tap (BENCHMARKS.md, notes).
-    The two agree to float32 rounding (summation order differs). ``'auto'``: see
-    :func:`resolve_depthwise_impl`.
+    ``'auto'``: see :func:`resolve_depthwise_impl`.
 
     Args:
       x: ``[N, H, W, C]``.
       kernel: ``[k, k, 1, C]`` (HWIO with one input channel per group).
       strides: spatial stride.
       impl: ``'auto'``, ``'conv'`` or ``'shifts'``.
-      grad_barrier: keep the output cotangent in memory in the ``'shifts'`` backward pass.
 
     Returns:
       ``[N, ceil(H / strides), ceil(W / strides), C]``.
     """
     if resolve_depthwise_impl(impl) == "conv":
         return conv2d(x, kernel, strides, groups=x.shape[-1])
-    return _depthwise_shifts(x, kernel, strides, grad_barrier)
+    return _depthwise_shifts(x, kernel, strides)
 
 
 def _shifted_windows(x: Array, k: int, strides: int) -> list[Array]:
@@ -318,21 +312,54 @@ def depthwise_kernel_grad(
     return acc.reshape(k, k, 1, c)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_shifts(x: Array, kernel: Array, strides: int, grad_barrier: bool) -> Array:
+def depthwise_input_grad(g: Array, kernel: Array, strides: int, size: tuple[int, int]) -> Array:
+    """Gradient of :func:`depthwise_conv`'s input: the cotangent correlated with the flipped kernel.
+
+    Autodiff of the shifted slices gives k*k zero-padded copies of ``g * tap``, summed. XLA:CPU
+    fuses that sum with the cotangent's producer (BatchNorm's backward, the activation mask),
+    recomputing the producer once per tap, and checks every tap's padding bounds per element.
+    Here the cotangent (dilated with ``strides - 1`` zeros between rows and columns when
+    ``strides > 1``, so that it has the input's size) goes through :func:`_depthwise_sum` with
+    the flipped kernel: the same k*k products and sums, as slices of one padded copy of the
+    cotangent, which XLA:CPU writes once (BENCHMARKS.md, notes: "flipped-kernel input gradient").
+
+    Args:
+      g: the output cotangent ``[N, Ho, Wo, C]``.
+      kernel: ``[k, k, 1, C]``.
+      strides: the layer's spatial stride.
+      size: the input's ``(H, W)``.
+
+    Returns:
+      ``[N, H, W, C]``.
+    """
+    h, w = size
+    if strides > 1:
+        _, ho, wo, _ = g.shape
+        g = jax.lax.pad(
+            g,
+            jnp.zeros((), g.dtype),
+            (
+                (0, 0, 0),
+                (0, h - (ho - 1) * strides - 1, strides - 1),
+                (0, w - (wo - 1) * strides - 1, strides - 1),
+                (0, 0, 0),
+            ),
+        )
+    return _depthwise_sum(g, kernel[::-1, ::-1], 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shifts(x: Array, kernel: Array, strides: int) -> Array:
     return _depthwise_sum(x, kernel, strides)
 
 
-def _depthwise_shifts_fwd(x, kernel, strides, grad_barrier):
+def _depthwise_shifts_fwd(x, kernel, strides):
     return _depthwise_sum(x, kernel, strides), (x, kernel)
 
 
-def _depthwise_shifts_bwd(strides, grad_barrier, residuals, g):
+def _depthwise_shifts_bwd(strides, residuals, g):
     x, kernel = residuals
-    if grad_barrier:
-        g = _rewrite_in_place(g)
-    _, vjp_x = jax.vjp(lambda x_: _depthwise_sum(x_, kernel, strides), x)
-    (dx,) = vjp_x(g)
+    dx = depthwise_input_grad(g, kernel, strides, x.shape[1:3])
     dk = depthwise_kernel_grad(x, g, kernel.shape[0], strides)
     return dx, dk.astype(kernel.dtype)
 
@@ -409,11 +436,8 @@ class ConvBN(nn.Module):
         convolution, one of :data:`DEPTHWISE_IMPLS` (see :func:`depthwise_conv`); other units
         ignore it.
       conv_input_barrier: whether a non-depthwise unit passes its input through
-        :func:`materialize` and a ``'shifts'`` depthwise unit keeps its output cotangent in
-        memory (:func:`depthwise_conv` ``grad_barrier``), one of :data:`CONV_INPUT_BARRIERS`
-        (``'auto'``: on CPU only). The values and gradients are the same either way (to float32
-        rounding where a depthwise kernel gradient's reduction sums in another order); only
-        XLA:CPU's speed changes.
+        :func:`materialize`, one of :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only). The
+        values and gradients are the same either way; only XLA:CPU's speed changes.
     """
 
     features: int
@@ -456,7 +480,7 @@ class ConvBN(nn.Module):
         x, kernel_c = x.astype(self.dtype), kernel.astype(self.dtype)
         barrier = resolve_conv_input_barrier(self.conv_input_barrier)
         if self.groups > 1 and self.groups == in_features == self.features:
-            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl, barrier)
+            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl)
         else:
             y = conv2d(x, kernel_c, self.strides, self.groups, input_barrier=barrier)
         if self.use_bias:
