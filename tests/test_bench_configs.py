@@ -1,5 +1,5 @@
 """experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones;
-the profile summary reads a real trace."""
+the profile summary reads a real trace; the depthwise-gradient bench compares like with like."""
 
 from __future__ import annotations
 
@@ -65,3 +65,26 @@ def test_profile_summary_counts_named_operations_reductions_and_loops(tmp_path):
     assert reductions, report["kinds"]
     assert any(k["reduction_in_loops_ms"] > 0 for k in reductions)
     assert any(op["calls"] == 4 for op in report["top_ops"]), report["top_ops"]
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("store_cotangent", [False, True])
+def test_depthwise_grad_bench_variants_compute_the_default_gradients(strides, store_cotangent):
+    """depthwise_grad_bench's autodiff-transpose variants of the 'shifts' depthwise conv have the
+    default's values and gradients (so its timings compare the same computation)."""
+    from nm_hebb_jax.models import layers
+
+    variant = _bench_module("depthwise_grad_bench").autodiff_input_grad(store_cotangent)
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (2, 7, 7, 5))
+    w = jax.random.normal(kw, (3, 3, 1, 5))
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w)))
+
+    default = lambda x, w: layers.depthwise_conv(x, w, strides, "shifts")  # noqa: E731
+    ref = jax.value_and_grad(loss(default), (0, 1))(x, w)
+    got = jax.value_and_grad(loss(lambda x, w: variant(x, w, strides)), (0, 1))(x, w)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        assert a.shape == b.shape
+        assert jnp.allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -29,7 +29,8 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
                         transpose of the shifted slices, where XLA:CPU recomputes BatchNorm's
                         backward once per tap, or that transpose reading a stored cotangent
                         (:func:`nm_hebb_jax.models.layers.materialize`; the default before the
-                        flipped kernel).
+                        flipped kernel); ``depthwise_grad_bench.py`` times the three in a
+                        whole training step.
 
 The whole set runs three times, in subprocesses, since XLA reads its flags once per process:
 ``ynnpack_default`` (jaxlib's default, YNNPACK convolutions), ``cpu_tuning``
@@ -56,14 +57,9 @@ DN = ("NHWC", "HWIO", "NHWC")
 def cases():
     import jax
     import jax.numpy as jnp
+    from depthwise_grad_bench import autodiff_input_grad  # this script's folder
 
-    from nm_hebb_jax.models.layers import (
-        _depthwise_sum,
-        conv2d,
-        depthwise_conv,
-        depthwise_kernel_grad,
-        materialize,
-    )
+    from nm_hebb_jax.models.layers import conv2d, depthwise_conv, depthwise_kernel_grad
 
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
@@ -117,22 +113,9 @@ def cases():
     def dwise(impl):
         return lambda x, w: depthwise_conv(x, w, 1, impl)
 
-    def autodiff_dx(barrier):
-        """'shifts' with autodiff's transpose as the input gradient (optionally of a stored
-        cotangent) and the default kernel gradient."""
-
-        @jax.custom_vjp
-        def dwc(x, w):
-            return _depthwise_sum(x, w, 1)
-
-        def bwd(res, g):
-            x, w = res
-            g = materialize(g) if barrier else g
-            dx = jax.vjp(lambda x: _depthwise_sum(x, w, 1), x)[1](g)[0]
-            return dx, depthwise_kernel_grad(x, g, 3, 1)
-
-        dwc.defvjp(lambda x, w: (_depthwise_sum(x, w, 1), (x, w)), bwd)
-        return dwc
+    def autodiff_dx(store_cotangent):
+        shifts = autodiff_input_grad(store_cotangent)
+        return lambda x, w: shifts(x, w, 1)
 
     def dw_layer(dwc):
         def unit(x, w, s):
