@@ -15,7 +15,8 @@ Compiles the trainer's CE step three times in one process, with the input gradie
                            cotangent's producer (BatchNorm's backward, the ReLU6 mask) into each
                            of the k*k shifted copies.
 
-The kernel gradient is the default one in all three. Turns of 3 consecutive steps per variant,
+The kernel gradient is the default one in all three, and the depthwise layers use ``'shifts'``
+on every backend (``'auto'`` picks it on CPU only). Turns of 3 consecutive steps per variant,
 round-robin; the first step of a turn is dropped. Prints each median and its ratio to the first
 variant, measured in the same run (conv_micro.py times the same three on one depthwise unit).
 Timings, not tests.
@@ -91,6 +92,7 @@ def main():
         layers._depthwise_shifts = VARIANTS[name]() if VARIANTS[name] else original
         try:
             cfg = make_config(args.model, "baseline", args.batch, "float32")
+            cfg.model.overrides.depthwise_impl = "shifts"  # 'auto' picks lax's conv off CPU
             step_for, start, step_args = prepare_phase(cfg, mesh)
             fn = step_for(start).lower(*step_args).compile()
         finally:
