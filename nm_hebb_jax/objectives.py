@@ -304,7 +304,9 @@ def regularizer_grad(objective: Objective) -> Callable[..., PyTree]:
 
     ``aux['regularizer']`` (set by :func:`with_neuromodulation`) depends only on the tapped
     activations and on the parameters, so XLA removes everything after the tapped layer: g_R costs a
-    forward and backward pass through the layers up to the tap (METHOD.md, hypergradient cost).
+    forward and backward pass through the layers up to the tap (METHOD.md, hypergradient cost);
+    compiled with the training gradient from the same inputs, as the train step does, the
+    forward is merged with the training forward and only the backward is added.
     """
 
     def reg(params, state, batch, rng):

@@ -95,3 +95,41 @@ def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
         assert step_for(k) is not step_for(k - 1)
         diff = optax.tree.norm(jax.tree.map(jnp.subtract, g_reg, before.hyper["g_r"]))
         assert float(diff) > 1e-6 * float(optax.tree.norm(g_reg))
+
+
+def test_exact_hypergradient_step_shares_the_forward_pass():
+    """The exact variant computes g_R in the same program as the training gradient, from the same
+    inputs: XLA merges the two forward passes, so the variant adds only g_R's backward through
+    the layers up to the tap (BENCHMARKS.md: the hypergradient step's extra cost)."""
+    from nm_hebb_jax.train.steps import hyper_variant
+
+    c = load_config("quickstart")
+    k = c.nm.hyper_every
+    mesh = S.make_mesh(jax.devices()[:1])
+    run = build_run(c, mesh=mesh)
+    trainer = Trainer(run, "/nonexistent-not-written")
+    params, bs = trainer.init_variables()
+    plan, tx, step_for, start, _ = trainer.phase_setup(1)
+    state = trainer.make_state(params, bs, start, tx, plan)
+    ewc = trainer.compute_ewc(state, refresh_index=0)
+    batch = S.global_batch(run.dataset.train_batch(0, batch_size=c.batch_size), mesh)
+    t_plain = next(t for t in range(k) if hyper_variant(t, k) is False)
+    t_exact = next(t for t in range(k) if hyper_variant(t, k) is True)
+    assert step_for(start + t_exact) is not step_for(start + t_plain)
+
+    def convolutions(fn, *args):
+        return jax.jit(fn).lower(*args).compile().as_text().count(" convolution(")
+
+    def regularizer(p, obj_state, batch, rng):
+        return plan.objective(p, obj_state, batch, rng)[1]["regularizer"]
+
+    obj_state = {"batch_stats": state.batch_stats, "ewc": ewc}
+    reg_args = (state.params, obj_state, batch, jax.random.key(0))
+    step_args = (state, ewc, batch)
+    forward_to_tap = convolutions(regularizer, *reg_args)
+    g_r_pass = convolutions(jax.grad(regularizer), *reg_args)
+    added = convolutions(step_for(start + t_exact), *step_args) - convolutions(
+        step_for(start + t_plain), *step_args
+    )
+    assert 0 < forward_to_tap < g_r_pass
+    assert added == g_r_pass - forward_to_tap

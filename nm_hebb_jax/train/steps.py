@@ -7,7 +7,8 @@ the step, so nothing forces a recompilation.
 Neuromodulator learning, ``'hypergradient'`` (METHOD.md A, "how φ learns"): with plain SGD,
 dL_CE,t+1/dν_t ≈ −η ⟨g_CE,t+1, g_R,t⟩, where g_R is the gradient of the ungated regulariser sum.
 Every ``hyper_every`` steps (phase-local step ``t`` with ``t % k == 0``) the step computes
-g_R,t separately (a forward/backward pass up to the tapped layer: XLA drops the rest),
+g_R,t separately (a backward pass up to the tapped layer: XLA drops the layers after it and
+merges the pass's forward with the training forward, whose inputs are the same),
 g_CE,t = g_total,t − ν_t g_R,t, and the scalar h = −η_t ⟨g_CE,t, g_R,t−1⟩ from the buffer filled at
 ``t − 1`` (``t % k == k − 1``), then takes φ ← φ − η_φ (h ∂ν_{t−1}/∂φ + λ_gate ∂KL/∂φ). With k = 1
 this is exactly the one-step rule; with k > 1 the cost is two g_R passes per k steps.
