@@ -15,19 +15,25 @@ from tests.util import load_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("g_r_mode", ["recompute", "reuse"])
-def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
-    """'recompute': g_CE,t = g_total,t − ν_t g_R,t (exact); 'reuse': ... − ν_t g_R,t−1 (stored)."""
-    c = load_config("quickstart")  # smoke: hyper_every = 3 -> t=2 stores g_R, t=3 applies
-    c.nm.hyper_g_r = g_r_mode
-    k = c.nm.hyper_every
+def _phase1(c):
+    """Phase 1 of config ``c`` on one device: ``(mesh, run, plan, step_for, start, state, ewc)``,
+    with the EWC state of a real (non-zero) Fisher, so both terms are in g_R."""
     mesh = S.make_mesh(jax.devices()[:1])
     run = build_run(c, mesh=mesh)
     trainer = Trainer(run, "/nonexistent-not-written")
     params, bs = trainer.init_variables()
     plan, tx, step_for, start, _ = trainer.phase_setup(1)
     state = trainer.make_state(params, bs, start, tx, plan)
-    ewc = trainer.compute_ewc(state, refresh_index=0)  # non-zero Fisher: both terms in g_R
+    return mesh, run, plan, step_for, start, state, trainer.compute_ewc(state, refresh_index=0)
+
+
+@pytest.mark.parametrize("g_r_mode", ["recompute", "reuse"])
+def test_phi_update_equals_minus_lr_times_hypergradient_times_dnu(g_r_mode):
+    """'recompute': g_CE,t = g_total,t − ν_t g_R,t (exact); 'reuse': ... − ν_t g_R,t−1 (stored)."""
+    c = load_config("quickstart")  # smoke: hyper_every = 3 -> t=2 stores g_R, t=3 applies
+    c.nm.hyper_g_r = g_r_mode
+    k = c.nm.hyper_every
+    mesh, run, plan, step_for, start, state, ewc = _phase1(c)
     ewc = {**ewc, "anchor": jax.tree.map(lambda x: x * 0.9, ewc["anchor"])}
     batches = [
         S.global_batch(run.dataset.train_batch(s, batch_size=c.batch_size), mesh)
@@ -105,13 +111,7 @@ def test_exact_hypergradient_step_shares_the_forward_pass():
 
     c = load_config("quickstart")
     k = c.nm.hyper_every
-    mesh = S.make_mesh(jax.devices()[:1])
-    run = build_run(c, mesh=mesh)
-    trainer = Trainer(run, "/nonexistent-not-written")
-    params, bs = trainer.init_variables()
-    plan, tx, step_for, start, _ = trainer.phase_setup(1)
-    state = trainer.make_state(params, bs, start, tx, plan)
-    ewc = trainer.compute_ewc(state, refresh_index=0)
+    mesh, run, plan, step_for, start, state, ewc = _phase1(c)
     batch = S.global_batch(run.dataset.train_batch(0, batch_size=c.batch_size), mesh)
     t_plain = next(t for t in range(k) if hyper_variant(t, k) is False)
     t_exact = next(t for t in range(k) if hyper_variant(t, k) is True)
