@@ -316,9 +316,10 @@ def test_taps_of_a_nested_backbone_and_bfloat16():
 
 
 @pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("k,size", [(3, 7), (3, 8), (5, 6)])
+@pytest.mark.parametrize("k,size", [(3, 7), (3, 8), (5, 6), (2, 7), (4, 8)])
 def test_depthwise_shifts_equals_grouped_conv(strides, k, size):
-    """The CPU default 'shifts' depthwise conv: same values and gradients as lax's grouped conv."""
+    """The CPU default 'shifts' depthwise conv: same values and gradients as lax's grouped conv
+    (even kernels too: both pad (k - 1) // 2 on each side)."""
     from nm_hebb_jax.models.layers import depthwise_conv
 
     kx, kw, kg = jax.random.split(jax.random.key(strides * 10 + k + size), 3)
@@ -326,7 +327,8 @@ def test_depthwise_shifts_equals_grouped_conv(strides, k, size):
     w = jax.random.normal(kw, (k, k, 1, 5))
     y_conv = depthwise_conv(x, w, strides, "conv")
     y_shift = depthwise_conv(x, w, strides, "shifts")
-    assert y_shift.shape == y_conv.shape == (2, -(-size // strides), -(-size // strides), 5)
+    out = (size + 2 * ((k - 1) // 2) - k) // strides + 1  # ceil(size / strides) for odd k
+    assert y_shift.shape == y_conv.shape == (2, out, out, 5)
     np.testing.assert_allclose(y_shift, y_conv, rtol=1e-5, atol=1e-5)
     g = jax.random.normal(kg, y_conv.shape)
 
@@ -378,11 +380,14 @@ def test_depthwise_impl_choices_give_the_same_model():
 
 
 @pytest.mark.parametrize(
-    "k,strides,size", [(3, 1, 8), (3, 1, 9), (3, 2, 8), (3, 2, 9), (5, 2, 7), (5, 1, 6)]
+    "k,strides,size",
+    [(3, 1, 8), (3, 1, 9), (3, 2, 8), (3, 2, 9), (5, 2, 7), (5, 1, 6)]
+    + [(1, 1, 5), (1, 2, 5), (2, 1, 8), (2, 2, 7), (4, 1, 7), (4, 2, 8)],
 )
 def test_depthwise_input_grad_is_autodiffs_transpose(k, strides, size):
     """The flipped-kernel input gradient equals autodiff's transpose of the shifted slices, for
-    odd and even sizes, kernels 3 and 5, strides 1 and 2."""
+    odd and even sizes, kernels 1 to 5 (even kernels pad one less after than before), strides 1
+    and 2."""
     from nm_hebb_jax.models.layers import _depthwise_sum, depthwise_input_grad
 
     x = jax.random.normal(jax.random.key(0), (2, size, size, 5))

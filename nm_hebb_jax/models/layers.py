@@ -223,7 +223,8 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
       impl: ``'auto'``, ``'conv'`` or ``'shifts'``.
 
     Returns:
-      ``[N, ceil(H / strides), ceil(W / strides), C]``.
+      ``[N, Ho, Wo, C]``: ``Ho = ceil(H / strides)`` for odd k, in general
+      ``(H + 2 * ((k - 1) // 2) - k) // strides + 1`` (the same for ``W``).
     """
     if resolve_depthwise_impl(impl) == "conv":
         return conv2d(x, kernel, strides, groups=x.shape[-1])
@@ -333,15 +334,19 @@ def depthwise_input_grad(g: Array, kernel: Array, strides: int, size: tuple[int,
       ``[N, H, W, C]``.
     """
     h, w = size
-    if strides > 1:
+    k = kernel.shape[0]
+    # The forward pads (k - 1) // 2 on each side; its transpose needs k - 1 - (k - 1) // 2 before:
+    # one more than _depthwise_sum's own padding when k is even.
+    low = k - 1 - 2 * ((k - 1) // 2)
+    if strides > 1 or low:
         _, ho, wo, _ = g.shape
         g = jax.lax.pad(
             g,
             jnp.zeros((), g.dtype),
             (
                 (0, 0, 0),
-                (0, h - (ho - 1) * strides - 1, strides - 1),
-                (0, w - (wo - 1) * strides - 1, strides - 1),
+                (low, h - (ho - 1) * strides - 1, strides - 1),
+                (low, w - (wo - 1) * strides - 1, strides - 1),
                 (0, 0, 0),
             ),
         )
