@@ -315,6 +315,43 @@ def test_taps_of_a_nested_backbone_and_bfloat16():
     assert models.collect_taps(state["intermediates"]["backbone"]).keys() == {layer}
 
 
+@pytest.mark.parametrize(
+    "h,w,k,strides",
+    [(1, 1, 3, 1), (2, 2, 3, 1), (2, 3, 3, 2), (2, 2, 3, 2), (4, 4, 5, 1), (3, 2, 5, 2)],
+)
+def test_conv2d_on_maps_smaller_than_the_kernel_is_the_convolution(h, w, k, strides):
+    """Maps smaller than the kernel go through one matrix product (XLA:CPU runs the convolution
+    ~100x slower there): same values and gradients as lax's convolution, and no convolution
+    left in the compiled program; maps as large as the kernel keep the convolution."""
+    from nm_hebb_jax.models.layers import conv2d
+
+    kx, kw, kg = jax.random.split(jax.random.key(h * 100 + w * 10 + k + strides), 3)
+    x = jax.random.normal(kx, (3, h, w, 6))
+    kernel = jax.random.normal(kw, (k, k, 6, 5))
+    pad = (k - 1) // 2
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (strides, strides), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+
+    want, vjp_want = jax.vjp(reference, x, kernel)
+    got, vjp_got = jax.vjp(lambda x, kernel: conv2d(x, kernel, strides), x, kernel)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, want.shape)
+    for a, b in zip(vjp_got(g), vjp_want(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    def convolutions(size):
+        xs = jnp.zeros((3, size, size, 6))
+        hlo = jax.jit(lambda x: conv2d(x, kernel, strides)).lower(xs).compile().as_text()
+        return hlo.count(" convolution(")
+
+    assert convolutions(k - 1) == 0 and convolutions(k) == 1
+
+
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("k,size", [(3, 7), (3, 8), (5, 6), (2, 7), (4, 8)])
 def test_depthwise_shifts_equals_grouped_conv(strides, k, size):

@@ -15,6 +15,10 @@ calls after two warm-up calls. Cases, on ResNet-18 / MobileNet-v2 layer shapes a
                         conv of BN-scale+ReLU of the stored map and its kernel gradient, without
                         and with :func:`nm_hebb_jax.models.layers.materialize` on the conv input
                         (``conv_input_barrier``: the transpose reads the stored input);
+  dense_small_map{,_matmul}_{fwd,dx}   3x3 conv 512->512 on VGG-11's last 2x2 maps, as lax's
+                        convolution (which XLA swaps operands of, the map being smaller than the
+                        kernel) and as :func:`nm_hebb_jax.models.layers.conv2d` (one matrix
+                        product there);
   depthwise_{conv,shifts}_{fwd,dx,dw}   3x3 depthwise conv, 144 channels on 32x32, as lax's
                         grouped convolution and as :func:`nm_hebb_jax.models.layers.depthwise_conv`
                         ``'shifts'``;
@@ -101,7 +105,7 @@ def cases():
 
         return f
 
-    key = iter(jax.random.split(jax.random.key(0), 8))
+    key = iter(jax.random.split(jax.random.key(0), 12))
     x = jax.random.normal(next(key), (128, 32, 32, 64))
     w = jax.random.normal(next(key), (3, 3, 64, 64)) * 0.05
     g = jax.random.normal(next(key), (128, 32, 32, 64))
@@ -109,6 +113,9 @@ def cases():
     xd = jax.random.normal(next(key), (128, 32, 32, 144))
     wd = jax.random.normal(next(key), (3, 3, 1, 144)) * 0.3
     gd = jax.random.normal(next(key), (128, 32, 32, 144))
+
+    def conv2d_s1(x, w):
+        return conv2d(x, w, 1)
 
     def dwise(impl):
         return lambda x, w: depthwise_conv(x, w, 1, impl)
@@ -154,6 +161,15 @@ def cases():
         lambda g, x: depthwise_kernel_grad(x, g, 3, 1, chunk_bytes=1 << 62),
         (gd, xd),
     )
+    xs = jax.random.normal(next(key), (128, 2, 2, 512))
+    ws = jax.random.normal(next(key), (3, 3, 512, 512)) * 0.02
+    gs = jax.random.normal(next(key), (128, 2, 2, 512))
+    for name, f in (("dense_small_map", conv), ("dense_small_map_matmul", conv2d_s1)):
+        out[f"{name}_fwd"] = (f, (xs, ws))
+        out[f"{name}_dx"] = (
+            lambda g, w, x, f=f: jax.vjp(lambda x: f(x, w), x)[1](g)[0],
+            (gs, ws, xs),
+        )
     sd = jnp.full((144,), 1.1)
     out["depthwise_shifts_layer"] = (dw_layer(dwise("shifts")), (gd, xd, wd, sd))
     out["depthwise_shifts_layer_autodiff_dx"] = (dw_layer(autodiff_dx(False)), (gd, xd, wd, sd))

@@ -58,7 +58,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def torch_model(name: str, num_classes: int):
-    """The kuangliu/pytorch-cifar ResNet-18 or MobileNetV2 (the references of our Flax models)."""
+    """The kuangliu/pytorch-cifar ResNet-18, MobileNetV2 or VGG-11 (the references of our Flax
+    models; VGG-11's convs without the bias BatchNorm cancels, as ours by default)."""
     import torch.nn as tnn
     import torch.nn.functional as F  # noqa: N812
 
@@ -143,7 +144,26 @@ def torch_model(name: str, num_classes: int):
             out = F.relu(self.bn2(self.conv2(out)))
             return self.linear(out.mean((2, 3)))
 
-    models = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
+    class VGG11(tnn.Module):
+        cfg = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+        def __init__(self):
+            super().__init__()
+            layers, cin = [], 3
+            for item in self.cfg:
+                if item == "M":
+                    layers.append(tnn.MaxPool2d(2, 2))
+                else:
+                    layers += [tnn.Conv2d(cin, item, 3, 1, 1, bias=False), tnn.BatchNorm2d(item)]
+                    layers.append(tnn.ReLU(inplace=True))
+                    cin = item
+            self.features = tnn.Sequential(*layers)
+            self.linear = tnn.Linear(512, num_classes)
+
+        def forward(self, x):
+            return self.linear(self.features(x).mean((2, 3)))
+
+    models = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2, "vgg11": VGG11}
     if name not in models:
         raise SystemExit(f"torch_reference: no PyTorch {name!r}; choose from {sorted(models)}")
     return models[name]()

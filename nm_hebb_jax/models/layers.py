@@ -186,10 +186,16 @@ def conv2d(
     """``lax.conv_general_dilated`` in NHWC/HWIO with symmetric padding ``(k - 1) // 2``.
 
     ``input_barrier``: pass ``x`` through :func:`materialize` first (same values and gradients).
+    A map smaller than the kernel (VGG-11's last 2x2 stage at 32x32 input) goes through
+    :func:`conv2d_as_matmul` instead: XLA swaps such a convolution's operands, and XLA:CPU then
+    runs it ~100x slower than the equivalent matrix product (BENCHMARKS.md, notes: "maps smaller
+    than the kernel").
     """
     pad = (kernel.shape[0] - 1) // 2
     if input_barrier:
         x = materialize(x)
+    if groups == 1 and min(x.shape[1], x.shape[2]) < kernel.shape[0]:
+        return conv2d_as_matmul(x, kernel, strides)
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -198,6 +204,28 @@ def conv2d(
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
+
+
+def conv2d_as_matmul(x: Array, kernel: Array, strides: int) -> Array:
+    """:func:`conv2d` (``groups=1``, padding ``(k - 1) // 2``) as one matrix product.
+
+    The k*k shifted, strided windows of the zero-padded input are concatenated along channels
+    (``[N, Ho, Wo, k*k*C]``, tap-major like the HWIO kernel) and multiplied by the kernel
+    reshaped to ``[k*k*C, C_out]``. The same sums as the convolution, in another order (float
+    rounding). Meant for small maps, where the window copies cost little.
+    """
+    k, _, c, c_out = kernel.shape
+    pad = (k - 1) // 2
+    n, h, w, _ = x.shape
+    ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    windows = [
+        xp[:, i : i + (ho - 1) * strides + 1 : strides, j : j + (wo - 1) * strides + 1 : strides]
+        for i in range(k)
+        for j in range(k)
+    ]
+    patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, k * k * c)
+    return (patches @ kernel.reshape(k * k * c, c_out)).reshape(n, ho, wo, c_out)
 
 
 def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
