@@ -209,21 +209,15 @@ def conv2d(
 def conv2d_as_matmul(x: Array, kernel: Array, strides: int) -> Array:
     """:func:`conv2d` (``groups=1``, padding ``(k - 1) // 2``) as one matrix product.
 
-    The k*k shifted, strided windows of the zero-padded input are concatenated along channels
-    (``[N, Ho, Wo, k*k*C]``, tap-major like the HWIO kernel) and multiplied by the kernel
+    The k*k shifted, strided windows of the zero-padded input (:func:`_shifted_windows`, the
+    depthwise sum's) are concatenated along channels (``[N, Ho, Wo, k*k*C]``, tap-major like the
+    HWIO kernel) and multiplied by the kernel
     reshaped to ``[k*k*C, C_out]``. The same sums as the convolution, in another order (float
     rounding). Meant for small maps, where the window copies cost little.
     """
     k, _, c, c_out = kernel.shape
-    pad = (k - 1) // 2
-    n, h, w, _ = x.shape
-    ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    windows = [
-        xp[:, i : i + (ho - 1) * strides + 1 : strides, j : j + (wo - 1) * strides + 1 : strides]
-        for i in range(k)
-        for j in range(k)
-    ]
+    windows = _shifted_windows(x, k, strides)
+    n, ho, wo, _ = windows[0].shape
     patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, k * k * c)
     return (patches @ kernel.reshape(k * k * c, c_out)).reshape(n, ho, wo, c_out)
 
