@@ -31,11 +31,17 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step_bench import make_config, prepare_phase, stepping, time_turns  # noqa: E402
+from step_bench import (  # noqa: E402
+    make_config,
+    prepare_phase,
+    print_ratios,
+    replaced,
+    stepping,
+    time_turns,
+)
 
 from nm_hebb_jax import cpu_runtime  # noqa: E402
 from nm_hebb_jax.models import layers  # noqa: E402
@@ -66,7 +72,7 @@ def autodiff_input_grad(store_cotangent: bool):
 
 
 VARIANTS = {
-    "flipped_kernel": None,
+    "flipped_kernel": lambda: layers._depthwise_shifts,  # the default, unchanged
     "autodiff_stored": functools.partial(autodiff_input_grad, True),
     "autodiff": functools.partial(autodiff_input_grad, False),
 }
@@ -86,28 +92,19 @@ def main():
         p.error(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
     cpu_runtime.configure()
     mesh = S.make_mesh()
-    original = layers._depthwise_shifts
     calls = {}
     for name in names:
-        layers._depthwise_shifts = VARIANTS[name]() if VARIANTS[name] else original
-        try:
+        with replaced(layers, "_depthwise_shifts", VARIANTS[name]()):
             cfg = make_config(args.model, "baseline", args.batch, "float32")
             cfg.model.overrides.depthwise_impl = "shifts"  # 'auto' picks lax's conv off CPU
             step_for, start, step_args = prepare_phase(cfg, mesh)
             fn = step_for(start).lower(*step_args).compile()
-        finally:
-            layers._depthwise_shifts = original
         calls[name] = stepping(fn, step_args)
     for call in calls.values():
         jax.block_until_ready(call())
     times = time_turns(calls, args.repeats, 3)
-    base = float(np.median(times[names[0]]))
     print(f"{args.model} batch {args.batch}, CE step, {args.repeats} turns x 2 counted steps")
-    rows = {}
-    for name, t in times.items():
-        med = float(np.median(t))
-        rows[name] = {"median_s": med, "min_s": min(t), "max_s": max(t), "ratio": med / base}
-        print(f"{name:16s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
+    rows = print_ratios(times)
     if args.out:
         info = {"model": args.model, "batch": args.batch, "repeats": args.repeats}
         with open(args.out, "w") as f:

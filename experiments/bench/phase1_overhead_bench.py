@@ -34,11 +34,17 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step_bench import make_config, prepare_phase, stepping, time_turns  # noqa: E402
+from step_bench import (  # noqa: E402
+    make_config,
+    prepare_phase,
+    print_ratios,
+    replaced,
+    stepping,
+    time_turns,
+)
 
 from nm_hebb_jax import cpu_runtime, losses, objectives  # noqa: E402
 from nm_hebb_jax.train import sharding as S  # noqa: E402
@@ -92,23 +98,17 @@ def main():
     steps = {}
     for name in args.variants.split(","):
         method, penalty = VARIANTS[name]
-        objectives.losses.ewc_penalty = penalty or _ORIGINAL
-        try:
+        with replaced(objectives.losses, "ewc_penalty", penalty or _ORIGINAL):
             cfg = make_config(args.model, method, args.batch, "float32")
             step_for, start, step_args = prepare_phase(cfg, mesh)
             fn = step_for(start + 1).lower(*step_args).compile()  # the plain variant
-        finally:
-            objectives.losses.ewc_penalty = _ORIGINAL
         steps[name] = (fn, step_args)
     calls = {n: stepping(fn, a) for n, (fn, a) in steps.items()}
     for call in calls.values():
         jax.block_until_ready(call())
     times = time_turns(calls, args.repeats, 3)
-    base = float(np.median(times[next(iter(steps))]))
     print(f"{args.model} batch {args.batch}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    for name, t in times.items():
-        med = float(np.median(t))
-        print(f"{name:14s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
+    print_ratios(times)
     if args.profile:
         for name, (fn, a) in steps.items():
             seconds = transpose_seconds(stepping(fn, a))

@@ -32,6 +32,7 @@ the dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32 without TF32).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -187,6 +188,30 @@ def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[f
                 turn.append(time.perf_counter() - t0)
             times[name].extend(turn[1:] if len(turn) > 1 else turn)
     return times
+
+
+def print_ratios(times: dict[str, list[float]]) -> dict[str, dict]:
+    """Median, min and max of each :func:`time_turns` sample and its median's ratio to the first
+    variant's, printed one line per variant and returned."""
+    base = float(np.median(next(iter(times.values()))))
+    rows = {}
+    for name, t in times.items():
+        med = float(np.median(t))
+        rows[name] = {"median_s": med, "min_s": min(t), "max_s": max(t), "ratio": med / base}
+        print(f"{name:16s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
+    return rows
+
+
+@contextlib.contextmanager
+def replaced(obj, attr: str, value):
+    """``obj.attr`` is ``value`` inside the block (trace a step with a variant of a library
+    function), and the original again after it, also on error."""
+    original = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, original)
 
 
 def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
