@@ -82,7 +82,10 @@ VARIANTS = {
     "ewc_only": ("ewc_only", None),
     "ewc_no_grad": ("ewc_only", _no_grad),
     "ewc_analytic": ("ewc_only", lambda p, a, f, normalize=True: _analytic(p, a, f)),
+    "nm_hebb": ("nm_hebb", None),
 }
+#: Each variant also runs with the state donated (``NAME_donated``: ``donate_state='always'``).
+VARIANTS.update({f"{n}_donated": v for n, v in VARIANTS.items()})
 
 
 def main():
@@ -90,7 +93,7 @@ def main():
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=4)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(n for n in VARIANTS if "donated" not in n))
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     cpu_runtime.configure()
@@ -100,6 +103,7 @@ def main():
         method, penalty = VARIANTS[name]
         with replaced(objectives.losses, "ewc_penalty", penalty or _ORIGINAL):
             cfg = make_config(args.model, method, args.batch, "float32")
+            cfg.donate_state = "always" if name.endswith("_donated") else "auto"
             step_for, start, step_args = prepare_phase(cfg, mesh)
             fn = step_for(start + 1).lower(*step_args).compile()  # the plain variant
         steps[name] = (fn, step_args)

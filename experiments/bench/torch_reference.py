@@ -22,7 +22,8 @@ Variants (``--variants``):
   ``jax:K=V,...``    the same with config overrides (``cpu_tuning=False``,
                      ``model.overrides.depthwise_impl=conv``) or environment
                      variables of its worker (``env.XLA_FLAGS=--xla_cpu_...``);
-  ``torch``          the same model (kuangliu/pytorch-cifar architecture, parameter count checked
+  ``torch``          the same model (the Flax model's reference: kuangliu/pytorch-cifar, or
+                     torchvision's EfficientNetV2-S with our stride-1 stem; parameter count checked
                      against the Flax model) and the same step in PyTorch eager, NCHW;
   ``torch_cl``       PyTorch with ``channels_last`` (NHWC) model and input.
 
@@ -58,10 +59,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def torch_model(name: str, num_classes: int):
-    """The kuangliu/pytorch-cifar ResNet-18, MobileNetV2 or VGG-11 (the references of our Flax
-    models; VGG-11's convs without the bias BatchNorm cancels, as ours by default)."""
+    """The PyTorch references of our Flax models: kuangliu/pytorch-cifar's ResNet-18, MobileNetV2,
+    VGG-11 (convs without the bias BatchNorm cancels, as ours by default) and DenseNet-121, and
+    torchvision's ``efficientnet_v2_s`` with a stride-1 stem (written out here: torchvision is
+    not a dependency), dropout and stochastic depth included as in our model."""
+    import torch
     import torch.nn as tnn
     import torch.nn.functional as F  # noqa: N812
+
+    from nm_hebb_jax.models.efficientnet import EFFICIENTNET_V2_S_STAGES
+    from nm_hebb_jax.models.layers import make_divisible
 
     class BasicBlock(tnn.Module):
         def __init__(self, cin, cout, stride):
@@ -163,7 +170,130 @@ def torch_model(name: str, num_classes: int):
         def forward(self, x):
             return self.linear(self.features(x).mean((2, 3)))
 
-    models = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2, "vgg11": VGG11}
+    def conv_bn_act(cin, cout, k, stride=1, groups=1, act=True):
+        """Conv (no bias) -> BatchNorm(eps 1e-3) -> SiLU, torchvision's ``Conv2dNormActivation``
+        as ``efficientnet_v2_s`` builds it."""
+        layers = [
+            tnn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            tnn.BatchNorm2d(cout, eps=1e-3),
+        ]
+        return tnn.Sequential(*layers, *([tnn.SiLU(inplace=True)] if act else []))
+
+    class MBConv(tnn.Module):
+        """torchvision ``MBConv`` / ``FusedMBConv`` with row-mode stochastic depth."""
+
+        def __init__(self, block, cin, expand, k, stride, cout, drop):
+            super().__init__()
+            hidden = make_divisible(cin * expand)
+            if block == "fused" and hidden != cin:
+                layers = [
+                    conv_bn_act(cin, hidden, k, stride),
+                    conv_bn_act(hidden, cout, 1, act=False),
+                ]
+            elif block == "fused":
+                layers = [conv_bn_act(cin, cout, k, stride)]
+            else:
+                squeeze = max(1, cin // 4)
+                layers = [conv_bn_act(cin, hidden, 1)] if hidden != cin else []
+                layers += [
+                    conv_bn_act(hidden, hidden, k, stride, groups=hidden),
+                    SqueezeExcitation(hidden, squeeze),
+                    conv_bn_act(hidden, cout, 1, act=False),
+                ]
+            self.block = tnn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+            self.drop = drop
+
+        def forward(self, x):
+            out = self.block(x)
+            if not self.residual:
+                return out
+            if self.training and self.drop > 0:  # torchvision.ops.stochastic_depth(..., 'row')
+                keep = 1.0 - self.drop
+                noise = out.new_empty((out.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
+                out = out * noise
+            return out + x
+
+    class SqueezeExcitation(tnn.Module):
+        def __init__(self, channels, squeeze):
+            super().__init__()
+            self.fc1 = tnn.Conv2d(channels, squeeze, 1)
+            self.fc2 = tnn.Conv2d(squeeze, channels, 1)
+
+        def forward(self, x):
+            scale = F.silu(self.fc1(x.mean((2, 3), keepdim=True)))
+            return x * torch.sigmoid(self.fc2(scale))
+
+    class EfficientNetV2S(tnn.Module):
+        """torchvision ``efficientnet_v2_s`` with the stem stride 1 of our CIFAR variant."""
+
+        def __init__(self):
+            super().__init__()
+            total = sum(row[5] for row in EFFICIENTNET_V2_S_STAGES)
+            layers, cin, index = [conv_bn_act(3, 24, 3)], 24, 0
+            for block, expand, k, stride, cout, n in EFFICIENTNET_V2_S_STAGES:
+                for j in range(n):
+                    drop = 0.2 * index / total
+                    layers.append(
+                        MBConv(block, cin, expand, k, stride if j == 0 else 1, cout, drop)
+                    )
+                    cin, index = cout, index + 1
+            layers.append(conv_bn_act(cin, 1280, 1))
+            self.features = tnn.Sequential(*layers)
+            self.dropout = tnn.Dropout(0.2, inplace=True)
+            self.linear = tnn.Linear(1280, num_classes)
+
+        def forward(self, x):
+            return self.linear(self.dropout(self.features(x).mean((2, 3))))
+
+    class DenseBottleneck(tnn.Module):
+        def __init__(self, cin, growth):
+            super().__init__()
+            self.bn1 = tnn.BatchNorm2d(cin)
+            self.conv1 = tnn.Conv2d(cin, 4 * growth, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(4 * growth)
+            self.conv2 = tnn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            out = self.conv1(F.relu(self.bn1(x)))
+            out = self.conv2(F.relu(self.bn2(out)))
+            return torch.cat([out, x], 1)
+
+    class Transition(tnn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.bn = tnn.BatchNorm2d(cin)
+            self.conv = tnn.Conv2d(cin, cout, 1, bias=False)
+
+        def forward(self, x):
+            return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
+
+    class DenseNet121(tnn.Module):
+        def __init__(self, growth=32, blocks=(6, 12, 24, 16)):
+            super().__init__()
+            cin = 2 * growth
+            layers = [tnn.Conv2d(3, cin, 3, padding=1, bias=False)]
+            for i, n in enumerate(blocks):
+                for _ in range(n):
+                    layers.append(DenseBottleneck(cin, growth))
+                    cin += growth
+                if i < len(blocks) - 1:
+                    layers.append(Transition(cin, cin // 2))
+                    cin //= 2
+            self.features = tnn.Sequential(*layers)
+            self.bn = tnn.BatchNorm2d(cin)
+            self.linear = tnn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            return self.linear(F.relu(self.bn(self.features(x))).mean((2, 3)))
+
+    models = {
+        "resnet18": ResNet18,
+        "mobilenet_v2": MobileNetV2,
+        "vgg11": VGG11,
+        "efficientnet_v2_s": EfficientNetV2S,
+        "densenet121": DenseNet121,
+    }
     if name not in models:
         raise SystemExit(f"torch_reference: no PyTorch {name!r}; choose from {sorted(models)}")
     return models[name]()
