@@ -1,5 +1,6 @@
 """experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones;
-the profile summary reads a real trace; the depthwise-gradient bench compares like with like."""
+the profile summary reads a real trace; the depthwise-gradient and EWC benches compare like with
+like."""
 
 from __future__ import annotations
 
@@ -88,3 +89,25 @@ def test_depthwise_grad_bench_variants_compute_the_default_gradients(strides, st
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         assert a.shape == b.shape
         assert jnp.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ewc_bench_variants_compute_the_same_penalty_and_update():
+    """ewc_bench's three EWC variants (autodiff, hand-written gradient, pre-normalised Fisher)
+    give the same penalty and parameter update, and that update differs from the plain one."""
+    bench = _bench_module("ewc_bench")
+    cfg = bench.make_config("resnet18", "baseline", 8, "float32")
+    calls, count = bench.parameter_variants("resnet18", cfg, stage_sizes=(1, 1), width=8)
+    out = {name: call() for name, call in calls.items()}
+    (ref, _), value = out["ewc"]
+    assert count == sum(x.size for x in jax.tree.leaves(ref["backbone"]))
+    assert float(value) > 0
+    for name in ("ewc_analytic", "ewc_prenormalized"):
+        (params, _), v = out[name]
+        assert jnp.allclose(v, value, rtol=1e-5), name
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref), strict=True):
+            assert jnp.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    (plain, _), _ = out["update"]
+    assert not all(
+        jnp.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(ref), strict=True)
+    )

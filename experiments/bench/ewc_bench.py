@@ -15,6 +15,9 @@ that do only that parameter-sized work:
                          ``update`` it reads θ, θ*, F for the value, F for the normaliser Σ F and
                          θ*, F for the gradient (6 more passes if XLA fuses the gradient into the
                          update);
+  ``ewc_analytic``       ``ewc`` with the gradient written by hand (``custom_vjp``, 2 F̃ (θ − θ*);
+                         ``phase1_overhead_bench._analytic``), to see whether autodiff's form of
+                         it matters;
   ``ewc_prenormalized``  ``normalize=False`` on a Fisher normalised beforehand (what storing
                          F̃ = F / mean F at each Fisher refresh would save: the Σ F pass; 5 more);
   ``ce_step``            (``--with-step``) the trainer's CE training step of the same backbone at
@@ -41,6 +44,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from phase1_overhead_bench import _analytic  # noqa: E402
 from step_bench import make_config, prepare_phase, print_ratios, stepping, time_turns  # noqa: E402
 
 from nm_hebb_jax import cpu_runtime, losses  # noqa: E402
@@ -49,14 +53,18 @@ from nm_hebb_jax.train import make_optimizer  # noqa: E402
 from nm_hebb_jax.train import sharding as S  # noqa: E402
 
 #: Extra passes over the parameters, on top of ``update``'s 5, if the gradient fuses into it.
-EXTRA_PASSES = {"ewc": 6, "ewc_prenormalized": 5}
+EXTRA_PASSES = {"ewc": 6, "ewc_analytic": 6, "ewc_prenormalized": 5}
 #: λ_ewc times the gate value the penalty's gradient is scaled by (any constant does).
 WEIGHT = 0.3
 
 
-def parameter_variants(model: str, cfg) -> tuple[dict, int]:
-    """Zero-argument calls of the parameter-only variants, and the backbone's parameter count."""
-    net = get_model(model, num_classes=10)
+def parameter_variants(model: str, cfg, **overrides) -> tuple[dict, int]:
+    """Zero-argument calls of the parameter-only variants, and the backbone's parameter count.
+
+    Each call returns ``((params, opt_state), penalty)`` and feeds its new state to the next;
+    ``overrides`` are ``get_model`` fields (the tests use a small ResNet).
+    """
+    net = get_model(model, num_classes=10, **overrides)
     shapes = jax.eval_shape(
         lambda: net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
     )["params"]
@@ -87,6 +95,7 @@ def parameter_variants(model: str, cfg) -> tuple[dict, int]:
     fns = {
         "update": (build(None), fisher),
         "ewc": (build(losses.ewc_penalty), fisher),
+        "ewc_analytic": (build(_analytic), fisher),
         "ewc_prenormalized": (build(plain), fisher_n),
     }
     calls = {}

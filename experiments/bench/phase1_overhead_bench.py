@@ -12,7 +12,11 @@ Times the trainer's plain phase-1 step for methods whose objectives differ by on
   ``ewc_no_grad``     ``ewc_only`` with the EWC penalty computed on ``stop_gradient(params)``:
                       the same forward values, no EWC gradient (diagnostic only, not a method);
   ``ewc_analytic``    ``ewc_only`` with the EWC gradient written out by hand (``custom_vjp``,
-                      2 F̃ (θ − θ*)), to see whether autodiff's form of it matters.
+                      2 F̃ (θ − θ*)), to see whether autodiff's form of it matters;
+  ``nm_hebb``         the whole plain phase-1 step (Hebbian term, gate and EWC term);
+  ``NAME_donated``    any of these with the state donated (``donate_state='always'``, what GPU
+                      and TPU runs do), which also aliases the hypergradient buffer that an
+                      undonated plain step copies; named only with ``--variants``.
 
 Turns of 3 consecutive steps per variant, round-robin; the first step of a turn is dropped.
 Prints each median and its ratio to ``baseline`` measured in the same run. With ``--profile`` it
