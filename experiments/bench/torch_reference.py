@@ -67,9 +67,6 @@ def torch_model(name: str, num_classes: int):
     import torch.nn as tnn
     import torch.nn.functional as F  # noqa: N812
 
-    from nm_hebb_jax.models.efficientnet import EFFICIENTNET_V2_S_STAGES
-    from nm_hebb_jax.models.layers import make_divisible
-
     class BasicBlock(tnn.Module):
         def __init__(self, cin, cout, stride):
             super().__init__()
@@ -184,6 +181,8 @@ def torch_model(name: str, num_classes: int):
 
         def __init__(self, block, cin, expand, k, stride, cout, drop):
             super().__init__()
+            from nm_hebb_jax.models.layers import make_divisible  # only this model imports JAX
+
             hidden = make_divisible(cin * expand)
             if block == "fused" and hidden != cin:
                 layers = [
@@ -229,6 +228,8 @@ def torch_model(name: str, num_classes: int):
 
         def __init__(self):
             super().__init__()
+            from nm_hebb_jax.models.efficientnet import EFFICIENTNET_V2_S_STAGES
+
             total = sum(row[5] for row in EFFICIENTNET_V2_S_STAGES)
             layers, cin, index = [conv_bn_act(3, 24, 3)], 24, 0
             for block, expand, k, stride, cout, n in EFFICIENTNET_V2_S_STAGES:
