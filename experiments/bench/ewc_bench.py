@@ -61,7 +61,8 @@ WEIGHT = 0.3
 def parameter_variants(model: str, cfg, **overrides) -> tuple[dict, int]:
     """Zero-argument calls of the parameter-only variants, and the backbone's parameter count.
 
-    Each call returns ``((params, opt_state), penalty)`` and feeds its new state to the next;
+    Each call (:func:`step_bench.stepping`) returns ``((params, opt_state), penalty)`` and feeds
+    its new state to the next;
     ``overrides`` are ``get_model`` fields (the tests use a small ResNet).
     """
     net = get_model(model, num_classes=10, **overrides)
@@ -78,7 +79,8 @@ def parameter_variants(model: str, cfg, **overrides) -> tuple[dict, int]:
     tx = make_optimizer(cfg, optax.constant_schedule(0.1), train_neuromod=False)
 
     def build(penalty):
-        def fn(params, opt_state, grads, anchor, fisher):
+        def fn(state, grads, anchor, fisher):
+            params, opt_state = state
             if penalty is not None:
                 value, g = jax.value_and_grad(penalty)(params["backbone"], anchor, fisher)
                 grads = {
@@ -98,15 +100,8 @@ def parameter_variants(model: str, cfg, **overrides) -> tuple[dict, int]:
         "ewc_analytic": (build(_analytic), fisher),
         "ewc_prenormalized": (build(plain), fisher_n),
     }
-    calls = {}
-    for name, (fn, f) in fns.items():
-        box = [(jax.tree.map(jnp.copy, params), tx.init(params))]
-
-        def call(fn=fn, f=f, box=box):
-            box[0], value = fn(*box[0], grads, anchor, f)
-            return box[0], value
-
-        calls[name] = call
+    state = (params, tx.init(params))
+    calls = {name: stepping(fn, (state, grads, anchor, f)) for name, (fn, f) in fns.items()}
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     return calls, count
 
