@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -111,3 +112,55 @@ def test_ewc_bench_variants_compute_the_same_penalty_and_update():
         jnp.allclose(a, b)
         for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(ref), strict=True)
     )
+
+
+@pytest.mark.parametrize("g_r_mode", ["recompute", "reuse"])
+def test_step_bench_window_schedule_is_the_trainers_phase1_cycle(g_r_mode):
+    """step_bench's schedule windows run the compiled variants in the order the trainer's
+    step_for picks them (phase-local t = 0 .. k - 1, repeating)."""
+    from nm_hebb_jax.train import sharding as S
+    from nm_hebb_jax.train.loop import Trainer, build_run
+    from tests.util import load_config
+
+    sb = _bench_module("step_bench")
+    c = load_config("quickstart")
+    c.nm.hyper_every, c.nm.hyper_g_r = sb.HYPER_EVERY, g_r_mode
+    trainer = Trainer(build_run(c, mesh=S.make_mesh(jax.devices()[:1])), "/nonexistent")
+    _, _, step_for, start, _ = trainer.phase_setup(1)
+    compiled = {
+        "p1_plain": "phase1",
+        "p1_hyper": "phase1_hyper",
+        "p1_store": "phase1_hyper_store",
+        "p1_apply": "phase1_hyper_apply",
+    }
+    schedule = sb.phase1_schedule(sb.HYPER_EVERY, g_r_mode)
+    assert len(schedule) == sb.HYPER_EVERY and schedule.count("p1_plain") == sb.HYPER_EVERY - 2
+    for t in range(3 * sb.HYPER_EVERY):
+        expected = trainer.compiled[compiled[schedule[t % sb.HYPER_EVERY]]]
+        assert step_for(start + t) is expected, (t, schedule[t % sb.HYPER_EVERY])
+
+
+def test_step_bench_windows_count_k_steps_after_an_uncounted_entry(monkeypatch):
+    """time_windows: one entry call per window, not counted, then k counted calls; rounds are
+    round-robin and paired_ratios divides by the same round's base window."""
+    sb = _bench_module("step_bench")
+    clock, log = [0.0], []
+
+    def call(name, seconds):
+        def run():
+            log.append(name)
+            clock[0] += seconds(log.count(name)) if callable(seconds) else seconds
+
+        return run
+
+    monkeypatch.setattr(sb, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    # ce's steps cost 1 s in the first round (its calls 1-3: entry + 2) and 2 s in the second
+    calls = {"ce": call("ce", lambda n: 1.0 if n <= 3 else 2.0), "p1": call("p1", 3.0)}
+    steps = sb.time_windows(calls, repeats=2, k=2, entries={"p1": call("entry", 100.0)})
+    assert log == (["ce"] * 3 + ["entry", "p1", "p1"]) * 2
+    assert steps == {"ce": [[1.0, 1.0], [2.0, 2.0]], "p1": [[3.0, 3.0], [3.0, 3.0]]}
+    sums = sb.window_sums(steps)
+    assert sums == {"ce": [2.0, 4.0], "p1": [6.0, 6.0]}
+    ratios = sb.paired_ratios(sums, "ce")
+    assert ratios["p1"]["rounds"] == [3.0, 1.5]
+    assert (ratios["p1"]["median"], ratios["p1"]["min"], ratios["p1"]["max"]) == (2.25, 1.5, 3.0)

@@ -1,6 +1,7 @@
 r"""Training-step benchmark: plain CE vs NM-Hebb phase 1 vs phase 2, same backbone, same run.
 
   python experiments/bench/step_bench.py --models resnet18,mobilenet_v2 --batch 128 --repeats 10
+  python experiments/bench/step_bench.py --models resnet18 --repeats 5 --windows 8
   python experiments/bench/step_bench.py --models resnet18 --batch 512 --dtype bfloat16   # GPU
 
 For each backbone (full size) it builds the real train steps of the trainer, then times,
@@ -16,12 +17,19 @@ interleaved so machine load hits every variant alike:
   (c) ``p2``            the phase-2 step (pairwise metric + CE + EWC on P×K batches),
 
 Variants take round-robin turns of ``--steps-per-turn`` consecutive steps; the first step of a
-turn is not counted (see torch_reference.py). Reported: images/s, median/min/max step time,
-compile time, model FLOPs per step (:func:`model_train_flops`; XLA's ``cost_analysis()`` count
-is kept in the JSON as ``xla_gflop_per_step``), achieved FLOP/s and its fraction of the peak, the
-ratios to ``ce`` measured in the same run, and peak memory (device peak on GPU, process peak RSS
-on CPU). Prints a table and writes JSON (``--out``). Timings, not tests: they depend on the
-machine. ``nm_hebb_jax.cpu_runtime.configure()`` is applied first, as in ``main.py``
+turn is not counted (see torch_reference.py). ``p1_mean`` is computed from the turns' medians;
+``--windows N`` also measures it directly: N rounds in which ``ce``, ``p1`` and ``p1_reuse`` each
+run one window of ``nm.hyper_every`` consecutive steps after an uncounted entry step, ``p1`` and
+``p1_reuse`` switching between their compiled variants in the trainer's order (one full
+hypergradient cycle, :func:`phase1_schedule`), and each window's time is divided by the ``ce``
+window of the same round (paired ratios: median and min-max over rounds; the JSON also keeps
+every step time and the median at each position of the window). Reported: images/s,
+median/min/max step time, compile time, model FLOPs per step (:func:`model_train_flops`;
+XLA's ``cost_analysis()`` count is kept in the JSON as ``xla_gflop_per_step``), achieved
+FLOP/s and its fraction of the peak, the ratios to ``ce`` measured in the same run, and peak
+memory (device peak on GPU, process peak RSS on CPU). Prints a table and writes JSON
+(``--out``). Timings, not tests: they depend on the machine.
+``nm_hebb_jax.cpu_runtime.configure()`` is applied first, as in ``main.py``
 (``--no-cpu-tuning`` skips it).
 
 The CPU peak is measured in the run (:func:`measured_gemm_gflops`, a 2048x2048 FP32 XLA matmul);
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -49,6 +58,7 @@ from nm_hebb_jax.config_base import apply_smoke, get_base_config
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import Trainer, build_run
 from nm_hebb_jax.train.state import init_ewc_state
+from nm_hebb_jax.train.steps import hyper_variant
 
 #: ``nm.hyper_every`` of the benchmarked phase-1 schedule (the config default).
 HYPER_EVERY = 10
@@ -165,13 +175,7 @@ def stepping(fn, args) -> Callable[[], tuple]:
     callable starts from its own copy of ``args[0]`` (variants built from the same
     :func:`prepare_phase` arguments stay independent) and keeps the latest state.
     """
-    box = [jax.tree.map(jnp.copy, args[0]), *args[1:]]
-
-    def call():
-        box[0], metrics = fn(*box)
-        return box[0], metrics
-
-    return call
+    return Stepper([fn], args)
 
 
 def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[float]]:
@@ -188,6 +192,74 @@ def time_turns(fns: dict, repeats: int, steps_per_turn: int) -> dict[str, list[f
                 turn.append(time.perf_counter() - t0)
             times[name].extend(turn[1:] if len(turn) > 1 else turn)
     return times
+
+
+class Stepper:
+    """:func:`stepping` through a cycle of compiled steps that share one state, as the trainer's
+    step loop does: call ``i`` runs ``fns[i % len(fns)]`` on the state the previous call returned.
+    :meth:`extra` runs another compiled step on that state without advancing the cycle."""
+
+    def __init__(self, fns: list, args):
+        self.fns = list(fns)
+        self.box = [jax.tree.map(jnp.copy, args[0]), *args[1:]]
+        self.position = 0
+
+    def extra(self, fn) -> tuple:
+        self.box[0], metrics = fn(*self.box)
+        return self.box[0], metrics
+
+    def __call__(self) -> tuple:
+        fn = self.fns[self.position % len(self.fns)]
+        self.position += 1
+        return self.extra(fn)
+
+
+def phase1_schedule(k: int, g_r_mode: str) -> list[str]:
+    """The step variants the trainer runs at phase-local steps ``t = 0 .. k - 1``
+    (``nm_hebb_jax.train.steps.hyper_variant``): one full hypergradient cycle."""
+    names = {False: "p1_plain", True: "p1_hyper", "store": "p1_store", "apply": "p1_apply"}
+    return [names[hyper_variant(t, k, g_r_mode)] for t in range(k)]
+
+
+def time_windows(calls: dict, repeats: int, k: int, entries: dict | None = None) -> dict:
+    """Round-robin windows of each zero-argument ``calls`` entry: an uncounted entry step
+    (``entries[name]``, default ``calls[name]``; it pays for switching from the previous
+    variant's buffers), then ``k`` consecutive calls, each timed: per variant, one list of
+    ``k`` step times per window (their sum is the window's time).
+
+    With a :class:`Stepper` over :func:`phase1_schedule` and ``k = hyper_every``, each window is
+    one full hypergradient cycle in the trainer's order, the switches between its compiled
+    variants included; the entry is a plain step, which leaves the hypergradient buffer as is.
+    """
+    entries = entries or {}
+    steps = {n: [] for n in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            jax.block_until_ready(entries.get(name, fn)())
+            window = []
+            for _ in range(k):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                window.append(time.perf_counter() - t0)
+            steps[name].append(window)
+    return steps
+
+
+def window_sums(steps: dict) -> dict[str, list[float]]:
+    """:func:`time_windows`' step times summed per window."""
+    return {n: [float(sum(w)) for w in windows] for n, windows in steps.items()}
+
+
+def paired_ratios(sums: dict, base: str) -> dict[str, dict]:
+    """Each variant's window sum over the ``base`` window of the same round (the two ran one
+    after the other, so slow drifts of the machine cancel): median, min and max over rounds."""
+    out = {}
+    for name, values in sums.items():
+        if name == base:
+            continue
+        r = [v / b for v, b in zip(values, sums[base], strict=True)]
+        out[name] = {"median": float(np.median(r)), "min": min(r), "max": max(r), "rounds": r}
+    return out
 
 
 def print_ratios(times: dict[str, list[float]]) -> dict[str, dict]:
@@ -259,14 +331,56 @@ def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
     return variants
 
 
-def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn, donation=False):
-    """Builds the variants, warms them up and times them in turns (:func:`time_turns`)."""
+def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn, donation=False, windows=0):
+    """Builds the variants, warms them up and times them in turns (:func:`time_turns`), then
+    (``windows`` > 0) in schedule windows (:func:`time_windows`, :func:`window_calls`).
+
+    Returns ``(variants, turn times, window step times or None)``."""
     variants = build_variants(model, batch, dtype, donation)
     calls = {n: stepping(v["fn"], v["args"]) for n, v in variants.items()}
     for call in calls.values():
         for _ in range(warmup):
             jax.block_until_ready(call())
-    return variants, time_turns(calls, repeats, steps_per_turn)
+    times = time_turns(calls, repeats, steps_per_turn)
+    windows_steps = None
+    if windows:
+        calls, entries = window_calls(variants, HYPER_EVERY)
+        windows_steps = time_windows(calls, windows, HYPER_EVERY, entries)
+    return variants, times, windows_steps
+
+
+def window_calls(variants: dict, k: int) -> tuple[dict, dict]:
+    """The steppers :func:`time_windows` times: ``ce`` (k CE steps), ``p1`` (one phase-1
+    hypergradient cycle, :func:`phase1_schedule` with ``'recompute'``) and ``p1_reuse`` (the same
+    with ``'reuse'``), each from a fresh copy of its variant's start state; and their entry steps
+    (a plain phase-1 step on the window's own state)."""
+    plain = variants["p1_plain"]["fn"]
+    calls = {"ce": Stepper([variants["ce"]["fn"]], variants["ce"]["args"])}
+    for name, mode, args_of in (("p1", "recompute", "p1_hyper"), ("p1_reuse", "reuse", "p1_store")):
+        fns = [variants[n]["fn"] for n in phase1_schedule(k, mode)]
+        calls[name] = Stepper(fns, variants[args_of]["args"])
+    entries = {n: functools.partial(calls[n].extra, plain) for n in ("p1", "p1_reuse")}
+    return calls, entries
+
+
+def window_report(steps: dict, k: int) -> dict:
+    """JSON of :func:`time_windows`' step times: each window's sum, the median step time at each
+    position of the window (which variant ran there: ``schedules``), and the paired ratios of
+    the sums to ``ce``."""
+    sums = window_sums(steps)
+    return {
+        "k": k,
+        "schedules": {
+            n: phase1_schedule(k, m) for n, m in (("p1", "recompute"), ("p1_reuse", "reuse"))
+        },
+        "window_s": sums,
+        "median_step_s": {n: float(np.median(v)) / k for n, v in sums.items()},
+        "median_s_by_position": {
+            n: [float(x) for x in np.median(np.asarray(w), axis=0)] for n, w in steps.items()
+        },
+        "step_s": steps,
+        "ratios": paired_ratios(sums, "ce"),
+    }
 
 
 def main():
@@ -289,6 +403,14 @@ def main():
     )
     p.add_argument(
         "--no-malloc-tuning", action="store_true", help="configure() without tune_malloc()"
+    )
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        help="after the turns, also time this many rounds of schedule windows: ce, p1 and "
+        "p1_reuse, each nm.hyper_every consecutive steps in the trainer's order, as ratios to "
+        "the ce window of the same round",
     )
     args = p.parse_args()
     # before JAX starts
@@ -316,7 +438,7 @@ def main():
         "models": {},
     }
     for model in [m for m in args.models.split(",") if m]:
-        variants, times = bench_model(
+        variants, times, windows_steps = bench_model(
             model,
             args.batch,
             args.dtype,
@@ -324,6 +446,7 @@ def main():
             args.warmup,
             args.steps_per_turn,
             args.donation,
+            args.windows,
         )
         k = HYPER_EVERY
         med = {n: float(np.median(t)) for n, t in times.items()}
@@ -382,6 +505,7 @@ def main():
                 if args.donation
                 else {}
             ),
+            **({"windows": window_report(windows_steps, HYPER_EVERY)} if windows_steps else {}),
             "peak_memory_bytes": mem,
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
@@ -406,6 +530,30 @@ def main():
             f"p1_plain/ce {m['p1_plain_over_ce']:.3f}  "
             f"p1_hyper/ce {m['p1_hyper_over_ce']:.3f}  p2/ce {m['p2_over_ce']:.3f}"
         )
+        if windows_steps:
+            w = m["windows"]
+            print(
+                f"schedule windows ({args.windows} rounds of {w['k']} steps; ratio to the same "
+                "round's ce window, median (min-max)): "
+                + "  ".join(
+                    f"{n}/ce {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
+                    for n, r in w["ratios"].items()
+                )
+            )
+            for n, name in (("p1", "recompute"), ("p1_reuse", "reuse")):
+                print(
+                    f"  {n} ({name}) median s by position: "
+                    + "  ".join(
+                        f"{v.removeprefix('p1_')} {t:.3f}"
+                        for v, t in zip(
+                            w["schedules"][n], w["median_s_by_position"][n], strict=True
+                        )
+                    )
+                )
+            print(
+                "  ce median s by position: "
+                + "  ".join(f"{t:.3f}" for t in w["median_s_by_position"]["ce"])
+            )
         if args.donation:
             print(
                 f"donated: ce_donated/ce {m['ce_donated_over_ce']:.3f}  "
