@@ -251,8 +251,9 @@ def window_sums(steps: dict) -> dict[str, list[float]]:
 
 
 def paired_ratios(sums: dict, base: str) -> dict[str, dict]:
-    """Each variant's window sum over the ``base`` window of the same round (the two ran one
-    after the other, so slow drifts of the machine cancel): median, min and max over rounds."""
+    """Each variant's window sum over the ``base`` window of the same round (which opened that
+    round a minute or so earlier, so slow drifts of the machine cancel): median, min and max
+    over rounds, and the ratio of every round."""
     out = {}
     for name, values in sums.items():
         if name == base:
