@@ -100,10 +100,14 @@ def main():
     p.add_argument("--variants", default=",".join(n for n in VARIANTS if "donated" not in n))
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
+    names = [n for n in args.variants.split(",") if n]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
     cpu_runtime.configure()
     mesh = S.make_mesh()
     steps = {}
-    for name in args.variants.split(","):
+    for name in names:
         method, penalty = VARIANTS[name]
         with replaced(objectives.losses, "ewc_penalty", penalty or _ORIGINAL):
             cfg = make_config(args.model, method, args.batch, "float32")
