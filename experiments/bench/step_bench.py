@@ -62,6 +62,8 @@ from nm_hebb_jax.train.steps import hyper_variant
 
 #: ``nm.hyper_every`` of the benchmarked phase-1 schedule (the config default).
 HYPER_EVERY = 10
+#: The phase-1 schedule windows of ``--windows`` and the ``nm.hyper_g_r`` mode each follows.
+WINDOW_MODES = {"p1": "recompute", "p1_reuse": "reuse"}
 
 
 def make_config(model: str, method: str, batch: int, dtype: str, g_r_mode: str = "recompute"):
@@ -357,10 +359,10 @@ def window_calls(variants: dict, k: int) -> tuple[dict, dict]:
     (a plain phase-1 step on the window's own state)."""
     plain = variants["p1_plain"]["fn"]
     calls = {"ce": Stepper([variants["ce"]["fn"]], variants["ce"]["args"])}
-    for name, mode, args_of in (("p1", "recompute", "p1_hyper"), ("p1_reuse", "reuse", "p1_store")):
-        fns = [variants[n]["fn"] for n in phase1_schedule(k, mode)]
-        calls[name] = Stepper(fns, variants[args_of]["args"])
-    entries = {n: functools.partial(calls[n].extra, plain) for n in ("p1", "p1_reuse")}
+    for name, mode in WINDOW_MODES.items():
+        schedule = phase1_schedule(k, mode)  # [0]: a variant built on this mode's state
+        calls[name] = Stepper([variants[n]["fn"] for n in schedule], variants[schedule[0]]["args"])
+    entries = {n: functools.partial(calls[n].extra, plain) for n in WINDOW_MODES}
     return calls, entries
 
 
@@ -371,9 +373,7 @@ def window_report(steps: dict, k: int) -> dict:
     sums = window_sums(steps)
     return {
         "k": k,
-        "schedules": {
-            n: phase1_schedule(k, m) for n, m in (("p1", "recompute"), ("p1_reuse", "reuse"))
-        },
+        "schedules": {n: phase1_schedule(k, m) for n, m in WINDOW_MODES.items()},
         "window_s": sums,
         "median_step_s": {n: float(np.median(v)) / k for n, v in sums.items()},
         "median_s_by_position": {
@@ -541,7 +541,7 @@ def main():
                     for n, r in w["ratios"].items()
                 )
             )
-            for n, name in (("p1", "recompute"), ("p1_reuse", "reuse")):
+            for n, name in WINDOW_MODES.items():
                 print(
                     f"  {n} ({name}) median s by position: "
                     + "  ".join(
