@@ -70,6 +70,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.val_size = 5000
     c.data.val_seed = 0
+    c.data.train_subset = 0  # > 0: a stratified subset of the training portion (budgeted runs)
+    c.data.drop_remainder = False  # True: epochs of floor(N/B) full batches (PyTorch drop_last)
     c.data.augment = True
     c.data.label_key = ""
     c.data.image_size = 32
@@ -111,7 +113,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.nm = ml_collections.ConfigDict()
     c.nm.gate_learning = "hypergradient"  # 'hypergradient' | 'joint_prior' | 'fixed' [ours]
     c.nm.targets = ("hebb", "ewc")  # terms the gate scales [ours: both]
-    c.nm.lr = 1.0  # φ's plain-SGD rate for the hypergradient update
+    # φ's step on the hypergradient [ours]: 'adam' or 'sgd' at rate nm.lr, on the hypergradient
+    # divided by its running RMS (hyper_normalize; EMA decay hyper_norm_decay), so the step does
+    # not depend on the hypergradient's raw scale (1e-8-1e-5 on real data)
+    c.nm.phi_optimizer = "adam"
+    c.nm.lr = 0.01
+    c.nm.hyper_normalize = True
+    c.nm.hyper_norm_decay = 0.9
     c.nm.hyper_every = 10  # compute the hypergradient every N steps
     # g_CE,t at the φ-update step: 'recompute' (exact, a 2nd g_R pass) or 'reuse' the stored
     # g_R,t-1 as the estimate of g_R,t (one g_R pass per hyper_every steps) [ours]

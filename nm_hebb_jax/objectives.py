@@ -56,8 +56,9 @@ def _with_term(aux: dict, name: str, raw: Array, weighted: Array) -> dict:
     terms = dict(aux["terms"])
     if name in terms:
         raise ValueError(f"term {name!r} is added twice; stack each transform once")
-    terms[name] = jnp.asarray(raw, jnp.float32)
-    terms[f"{name}_weighted"] = jnp.asarray(weighted, jnp.float32)
+    dtype = jnp.promote_types(jnp.result_type(raw, weighted), jnp.float32)  # f64 stays f64
+    terms[name] = jnp.asarray(raw, dtype)
+    terms[f"{name}_weighted"] = jnp.asarray(weighted, dtype)
     return {**aux, "terms": terms}
 
 

@@ -282,6 +282,55 @@ def test_epoch_covers_every_example_once(pixel_npz):
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels[seen])
 
 
+def test_drop_remainder_epochs_are_full_batches_of_their_own_permutation(pixel_npz):
+    ds = data_lib.build_dataset(
+        _config(pixel_npz, val_size=12, eval_split="val", drop_remainder=True), seed=4
+    )  # 48 training examples, batch 20: 2 full batches an epoch, 8 examples skipped
+    assert ds.steps_per_epoch(20) == 2
+    for epoch in range(3):
+        rows = np.concatenate([ds.stream_indices(2 * epoch + i, batch_size=20) for i in (0, 1)])
+        assert rows.size == 40 and np.unique(rows).size == 40  # no repeats inside an epoch
+        np.testing.assert_array_equal(rows, ds._permutation(epoch)[:40])
+    # Resuming at any step gives the same rows, and the multi-process slices concatenate.
+    again = data_lib.build_dataset(
+        _config(pixel_npz, val_size=12, eval_split="val", drop_remainder=True), seed=4
+    )
+    np.testing.assert_array_equal(
+        again.stream_indices(5, batch_size=20), ds.stream_indices(5, batch_size=20)
+    )
+    _one_line_error(
+        data_lib.DataError, lambda: ds.stream_indices(0, batch_size=64), "batch_size=64", "48"
+    )
+
+
+def test_train_subset_is_stratified_seeded_and_disjoint_from_val(pixel_npz):
+    cfg = _config(pixel_npz, val_size=12, eval_split="val", train_subset=24)
+    ds = data_lib.build_dataset(cfg, seed=4)
+    full = data_lib.build_dataset(_config(pixel_npz, val_size=12, eval_split="val"), seed=4)
+    assert ds.train_size == 24 and ds.split_sizes["val"] == 12
+    # The validation split does not depend on the subset; the subset is within the training rest.
+    np.testing.assert_array_equal(ds._splits["val"].index, full._splits["val"].index)
+    assert set(ds._splits["train"].index) < set(full._splits["train"].index)
+    # Stratified: classes 30/18/12 of 60 -> 24 rows keep the proportions (12/7.2/4.8 -> ±1).
+    counts = np.bincount(ds.get_arrays("train")[1], minlength=3)
+    assert counts.sum() == 24 and np.all(np.abs(counts - np.array([12, 7.2, 4.8])) < 1)
+    # Seeded by val_seed and independent of the training seed.
+    same = data_lib.build_dataset(cfg, seed=9)
+    np.testing.assert_array_equal(same._splits["train"].index, ds._splits["train"].index)
+    other = data_lib.build_dataset(
+        _config(pixel_npz, val_size=12, eval_split="val", train_subset=24, val_seed=1), seed=4
+    )
+    assert not np.array_equal(other._splits["train"].index, ds._splits["train"].index)
+    _one_line_error(
+        data_lib.DataError,
+        lambda: data_lib.build_dataset(
+            _config(pixel_npz, val_size=12, eval_split="val", train_subset=49), seed=4
+        ),
+        "data.train_subset=49",
+        "48",
+    )
+
+
 def test_augmentation_is_crop_and_flip(pixel_npz):
     ds = data_lib.build_dataset(_config(pixel_npz), seed=2)
     assert ds.augmentation == Augmentation(pad=4, flip=True)

@@ -14,6 +14,10 @@ field               default      meaning
 ``train_split``     ``'train'``  source split used for training (and the validation carve)
 ``val_size``        ``0``        examples carved from it for ``'val'`` (stratified); 0 = none
 ``val_seed``        ``0``        seed of the carve (independent of the training seed)
+``train_subset``    ``0``        if > 0: train on a stratified subset of this many of the examples
+                                 left after the carve (seeded by ``val_seed``); 0 = all
+``drop_remainder``  ``False``    each training epoch is floor(N / B) full batches (PyTorch's
+                                 ``drop_last``); False = epochs wrap into each other
 ``eval_split``      ``'val'``    split the trainer evaluates (``'val'``, ``'test'``, ...)
 ``augment``         ``True``     augmentation master switch
 ``label_key``       ``None``     ``None``/``''`` = the default: npz ``'y_{split}'`` (or e.g.
@@ -101,6 +105,8 @@ def build_dataset(
         name=name,
         val_size=int(_field(data_config, "val_size", 0)),
         val_seed=int(_field(data_config, "val_seed", 0)),
+        train_subset=int(_field(data_config, "train_subset", 0)),
+        drop_remainder=bool(_field(data_config, "drop_remainder", False)),
         eval_split=eval_split,
         augment=bool(_field(data_config, "augment", True)),
         norm_stats=str(_field(data_config, "norm_stats", "auto")),

@@ -7,8 +7,10 @@ the training split is not the source's ``'train'``, the source's ``'train'`` is 
 
 Training stream. Epoch ``e`` visits the training portion in the order of a permutation seeded by
 ``(seed, e)``; the global batch of step ``s`` is the positions ``[s * B, (s + 1) * B)`` of the
-concatenated permutations (an epoch boundary inside a batch simply wraps into the next epoch), so
-a batch is a pure function of ``(seed, step)``: resuming at any step needs no iterator state.
+concatenated permutations (an epoch boundary inside a batch simply wraps into the next epoch);
+with ``drop_remainder`` epoch ``e`` is instead the ``floor(N / B)`` full batches of its own
+permutation. Either way a batch is a pure function of ``(seed, step)``: resuming at any step needs
+no iterator state.
 Process ``p`` of ``P`` gets rows ``[p * B / P, (p + 1) * B / P)`` of the global batch, and every
 row's augmentation is drawn from ``(seed, step, global row)``, so the per-process slices
 concatenate to the single-process batch exactly.
@@ -35,6 +37,7 @@ Batch = dict[str, np.ndarray]
 _TAG_PERMUTATION = 0x7E12
 _TAG_BALANCED = 0xBA1A
 _TAG_VAL = 0x0C11
+_TAG_SUBSET = 0x5B5E
 
 # Largest number of classes a dataset may declare or imply (a label such as 10**12 would otherwise
 # make the per-class tables, the class names and the classifier unboundedly large).
@@ -134,7 +137,7 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, what: str) -> Arrays:
 
 
 def stratified_split(
-    labels: np.ndarray, val_size: int, *, seed: int
+    labels: np.ndarray, val_size: int, *, seed: int, tag: int = _TAG_VAL
 ) -> tuple[np.ndarray, np.ndarray]:
     """Carves a stratified validation subset.
 
@@ -146,6 +149,7 @@ def stratified_split(
       labels: int [N].
       val_size: number of validation examples, ``0 <= val_size < N``.
       seed: the validation seed.
+      tag: stream tag mixed into the seed (another carve from the same seed is independent).
 
     Returns:
       ``(train_index, val_index)``: disjoint sorted int64 arrays covering ``range(N)``.
@@ -162,7 +166,7 @@ def stratified_split(
         )
     if val_size == 0:
         return np.arange(n, dtype=np.int64), np.zeros((0,), dtype=np.int64)
-    rng = np.random.default_rng([seed % 2**63, _TAG_VAL])
+    rng = np.random.default_rng([seed % 2**63, tag])
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     quota = val_size * counts / n
     take = np.floor(quota).astype(np.int64)
@@ -213,6 +217,8 @@ class Dataset:
         num_classes: int = 0,
         val_size: int = 0,
         val_seed: int = 0,
+        train_subset: int = 0,
+        drop_remainder: bool = False,
         extra_splits: Mapping[str, Arrays | LazySplit] | None = None,
         eval_split: str = "val",
         augment: bool = True,
@@ -234,6 +240,12 @@ class Dataset:
           val_size: examples carved from the training split for ``'val'`` (stratified by
             ``val_seed``); 0 = none.
           val_seed: seed of the validation carve (independent of ``seed``).
+          train_subset: if > 0, the training portion is a stratified subset of this many of the
+            examples left after the validation carve (drawn from ``val_seed``, independently of
+            the carve); 0 = all of them.
+          drop_remainder: each epoch of the training stream is ``floor(N / B)`` full batches of
+            its permutation (the last ``N mod B`` examples of the permutation are skipped, as
+            PyTorch's ``drop_last=True``); False: epochs wrap into each other (no example skipped).
           extra_splits: other splits by name, as arrays or :class:`LazySplit`.
           eval_split: the split evaluated by the trainer; must exist.
           augment: master switch for augmentation in :meth:`train_batch`.
@@ -287,6 +299,18 @@ class Dataset:
         self.eval_split = eval_split
 
         train_index, val_index = stratified_split(labels, int(val_size), seed=int(val_seed))
+        train_subset = int(train_subset)
+        if train_subset < 0 or train_subset > train_index.shape[0]:
+            raise DataError(
+                f"data.train_subset={train_subset} must be in [0, {train_index.shape[0]}] (the "
+                f"examples of {name} left after the validation carve; 0 = all): lower it"
+            )
+        if 0 < train_subset < train_index.shape[0]:
+            _, keep = stratified_split(
+                labels[train_index], train_subset, seed=int(val_seed), tag=_TAG_SUBSET
+            )
+            train_index = train_index[keep]
+        self.drop_remainder = bool(drop_remainder)
         source = (images, labels)
         self._splits: dict[str, _SplitView] = {"train": _SplitView(source, train_index)}
         if val_size > 0:
@@ -395,7 +419,17 @@ class Dataset:
           int64 [B] indices into ``get_arrays('train')``.
         """
         step = _check_step(step)
-        positions = step * int(batch_size) + np.arange(int(batch_size), dtype=np.int64)
+        b = int(batch_size)
+        if self.drop_remainder:
+            per_epoch = self.steps_per_epoch(b)
+            if per_epoch == 0:
+                raise DataError(
+                    f"batch_size={b} is larger than the {self.train_size} training examples, "
+                    "so drop_remainder leaves no batch: lower batch_size"
+                )
+            epoch, index = divmod(step, per_epoch)
+            return self._permutation(epoch)[index * b : (index + 1) * b].astype(np.int64)
+        positions = step * b + np.arange(b, dtype=np.int64)
         epochs = positions // self.train_size
         within = positions % self.train_size
         out = np.empty_like(positions)
@@ -550,11 +584,15 @@ class Dataset:
         return self._split(split).materialize()
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        """Steps per pass over the training portion: ``ceil(train_size / batch_size)``.
+        """Steps per pass over the training portion: ``ceil(train_size / batch_size)``, or
+        ``floor(...)`` with ``drop_remainder``.
 
-        The stream itself wraps across epochs, so ``n * steps_per_epoch`` steps see every example
-        at least ``n`` times.
+        Without ``drop_remainder`` the stream wraps across epochs, so ``n * steps_per_epoch``
+        steps see every example at least ``n`` times; with it, each epoch sees
+        ``steps_per_epoch * batch_size`` distinct examples of its permutation.
         """
+        if self.drop_remainder:
+            return self.train_size // int(batch_size)
         return math.ceil(self.train_size / int(batch_size))
 
 

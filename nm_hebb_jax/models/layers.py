@@ -602,15 +602,16 @@ class Backbone(nn.Module):
           dropout_rate: dropout before the classifier (EfficientNet: 0.2).
 
         Returns:
-          ``(logits [N, num_classes] float32, {'embedding': [N, D] float32})``; the embedding is
-          taken before dropout.
+          ``(logits [N, num_classes], {'embedding': [N, D]})`` in float32 (float64 for a float64
+          model); the embedding is taken before dropout.
         """
-        embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        out_dtype = jnp.promote_types(self.dtype, jnp.float32)  # bf16 -> f32; f64 stays (tests)
+        embedding = jnp.mean(x.astype(out_dtype), axis=(1, 2))
         h = nn.Dropout(rate=dropout_rate, deterministic=not train)(embedding)
         logits = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="classifier"
         )(h.astype(self.dtype))
-        return logits.astype(jnp.float32), {"embedding": embedding}
+        return logits.astype(out_dtype), {"embedding": embedding}
 
     @nn.nowrap
     def conv_layer_names(self) -> tuple[str, ...]:

@@ -1,8 +1,16 @@
 """The two-phase NM-Hebb trainer: state, steps, sharding, checkpoints, loop."""
 
-from nm_hebb_jax.train.state import TrainState, init_ewc_state, init_hyper, make_optimizer
+from nm_hebb_jax.train.hypergradient import init_hyper, make_phi_optimizer
+from nm_hebb_jax.train.state import TrainState, init_ewc_state, make_optimizer
 
-__all__ = ["TrainState", "init_ewc_state", "init_hyper", "make_optimizer", "train_and_evaluate"]
+__all__ = [
+    "TrainState",
+    "init_ewc_state",
+    "init_hyper",
+    "make_optimizer",
+    "make_phi_optimizer",
+    "train_and_evaluate",
+]
 
 
 def train_and_evaluate(config, workdir, **kwargs):

@@ -36,16 +36,20 @@ from nm_hebb_jax.train.checkpoint import (
     restore_params_only,
     tree_signature,
 )
+from nm_hebb_jax.train.hypergradient import (
+    PHI_OPTIMIZERS,
+    hyper_variant,
+    init_hyper,
+    make_phi_optimizer,
+)
 from nm_hebb_jax.train.state import (
     TrainState,
     init_ewc_state,
-    init_hyper,
     init_params,
     make_optimizer,
     make_schedule,
 )
 from nm_hebb_jax.train.steps import (
-    hyper_variant,
     make_eval_step,
     make_fisher_fn,
     make_train_step,
@@ -203,8 +207,20 @@ def build_run(config, *, mesh=None) -> Run:
                 "use 'hypergradient', 'joint_prior' or 'fixed'"
             )
         hyper_variant(0, config.nm.hyper_every, config.nm.hyper_g_r)  # checks nm.hyper_g_r
+        if config.nm.phi_optimizer not in PHI_OPTIMIZERS:
+            raise RunError(
+                f"unknown nm.phi_optimizer {config.nm.phi_optimizer!r}; use one of "
+                f"{', '.join(map(repr, PHI_OPTIMIZERS))}"
+            )
+        if not 0.0 <= config.nm.hyper_norm_decay < 1.0:
+            raise RunError(f"nm.hyper_norm_decay={config.nm.hyper_norm_decay} must be in [0, 1)")
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
+    if config.batch_size > dataset.train_size:
+        raise RunError(
+            f"batch_size={config.batch_size} is larger than the {dataset.train_size} training "
+            f"examples of {config.data.name}: lower --config.batch_size"
+        )
     spe = dataset.steps_per_epoch(config.batch_size)
     steps = (phase_steps(config.phase1, spe), phase_steps(config.phase2, spe))
     if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
@@ -248,6 +264,7 @@ class Trainer:
         self.embed_dim = _embed_dim(run.model, self.image_shape)
         self.centers = M.uses_centers(cfg)
         self.neuromod = Neuromodulator(hidden=cfg.nm.hidden)
+        self.phi_tx = make_phi_optimizer(cfg.nm.phi_optimizer, cfg.nm.lr)
         self.spe = run.dataset.steps_per_epoch(cfg.batch_size)
         self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
         self.compiled: dict[str, Any] = {}
@@ -288,8 +305,10 @@ class Trainer:
             phase_start=start,
             gate_mode=plan.gate_mode,
             neuromod=self.neuromod,
-            nm_lr=cfg.nm.lr,
+            phi_tx=self.phi_tx,
             hyper_every=cfg.nm.hyper_every,
+            hyper_normalize=cfg.nm.hyper_normalize,
+            hyper_norm_decay=cfg.nm.hyper_norm_decay,
             prior_weight=cfg.nm.prior_weight,
             prior_target=cfg.nm.prior_target,
             skip_nonfinite=cfg.skip_nonfinite,
@@ -342,7 +361,7 @@ class Trainer:
         key_data = jax.random.key_data(jax.random.key(self.config.seed + 1))
 
         def build(params, batch_stats):
-            hyper = init_hyper(params["backbone"]) if plan.gate_mode == "hypergradient" else {}
+            hyper = init_hyper(params, self.phi_tx) if plan.gate_mode == "hypergradient" else {}
             return TrainState(
                 step=jnp.asarray(step, jnp.int32),
                 params=params,
@@ -368,7 +387,7 @@ class Trainer:
                 batch_stats=b,
                 opt_state=tx.init(p),
                 rng=jax.random.key_data(jax.random.key(0)),
-                hyper=init_hyper(p["backbone"]) if plan.gate_mode == "hypergradient" else {},
+                hyper=init_hyper(p, self.phi_tx) if plan.gate_mode == "hypergradient" else {},
             ),
             params,
             bs,

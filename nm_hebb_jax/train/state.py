@@ -102,15 +102,6 @@ def init_ewc_state(backbone_params: PyTree) -> dict:
     }
 
 
-def init_hyper(backbone_params: PyTree) -> dict:
-    """Empty hypergradient buffers: g_R,t (param-shaped), s_t, and a validity flag."""
-    return {
-        "g_r": jax.tree.map(jnp.zeros_like, backbone_params),
-        "s": jnp.zeros((), jnp.float32),
-        "valid": jnp.zeros((), jnp.bool_),
-    }
-
-
 def init_params(
     model,
     rng: Array,
