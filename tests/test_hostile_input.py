@@ -437,7 +437,8 @@ def _npz_config(path: str, case: NpzCase):
     config.data.cache_dir = ""
     config.data.image_size = case.image_size
     config.data.val_size = case.val_size
-    config.batch_size = 8
+    # At most the training examples left after the carve (a larger batch is refused).
+    config.batch_size = max(1, min(8, case.train_size - case.val_size))
     for key, value in case.overrides.items():
         _set(config, key, value)
     return config
