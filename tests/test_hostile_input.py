@@ -439,6 +439,7 @@ def _npz_config(path: str, case: NpzCase):
     config.data.val_size = case.val_size
     # At most the training examples left after the carve (a larger batch is refused).
     config.batch_size = max(1, min(8, case.train_size - case.val_size))
+    config.phase2.k_per_class = min(4, config.batch_size)
     for key, value in case.overrides.items():
         _set(config, key, value)
     return config

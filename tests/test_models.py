@@ -200,6 +200,42 @@ def test_vgg_conv_bias_matches_reference_exactly():
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_torch_default_init_is_uniform_in_one_over_sqrt_fan_in(name):
+    """``init_scheme='torch_default'``: every conv/dense weight and bias ~ U(±1/√fan_in) (PyTorch's
+    ``kaiming_uniform_(a=√5)``); the default ``'fan_out'`` keeps He-normal kernels and 0 biases."""
+    x = jnp.zeros((1, 32, 32, 3))
+    torch_init = _tiny(
+        name, init_scheme="torch_default", **({"conv_bias": True} if name == "vgg11" else {})
+    )
+    params = torch_init.init(jax.random.key(0), x)["params"]
+    checked = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = [p.key for p in path]
+        parent = params
+        for k in keys[:-1]:
+            parent = parent[k]
+        if keys[-1] not in ("kernel", "bias") or "kernel" not in parent:  # BatchNorm: scale, bias
+            continue
+        kernel = np.asarray(parent["kernel"])
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        bound = 1.0 / np.sqrt(fan_in)
+        value = np.asarray(leaf)
+        assert np.abs(value).max() <= bound * (1 + 1e-6), "/".join(keys)
+        if value.size >= 64:  # U(-b, b) has std b/√3
+            np.testing.assert_allclose(value.std(), bound / np.sqrt(3), rtol=0.35)
+        checked += 1
+    assert checked >= 4
+    default = _tiny(name).init(jax.random.key(0), x)["params"]
+    classifier = default["classifier"]
+    assert not np.any(np.asarray(classifier["bias"]))
+    assert not np.allclose(
+        np.asarray(classifier["kernel"]), np.asarray(params["classifier"]["kernel"])
+    )
+    with pytest.raises(ValueError, match="init_scheme"):
+        _tiny(name, init_scheme="xavier").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_default_hebb_layer_is_a_conv_layer(name):
     for model in (models.get_model(name, num_classes=10), _tiny(name)):
         names = model.conv_layer_names()

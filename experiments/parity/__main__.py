@@ -232,9 +232,7 @@ def report_markdown(table: dict) -> str:
             )
             lines.append("")
         n_ep = min(len(r["epochs"]) for r in jax_recs + torch_recs)
-        lines.append(
-            "| epoch | JAX val Top-1 % | PyTorch val Top-1 % | JAX train loss | PyTorch train loss |"
-        )
+        lines.append("| epoch | JAX val Top-1 % | PyTorch val Top-1 % | JAX train loss | PyTorch |")
         lines.append("|---|---|---|---|---|")
         for e in range(n_ep):
 

@@ -29,9 +29,11 @@ def load_config(model: str, overrides: list[str] = ()):
         for g in groups:
             node = node[g]
         old = node[leaf]
-        node[leaf] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(
-            old, bool
-        ) else value
+        node[leaf] = (
+            type(old)(value)
+            if isinstance(old, (int, float)) and not isinstance(old, bool)
+            else value
+        )
     return config
 
 

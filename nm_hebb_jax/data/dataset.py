@@ -571,6 +571,22 @@ class Dataset:
                 label[mask] = labs
             yield {"image": image, "label": label, "mask": mask}
 
+    def source_rows(self, split: str) -> np.ndarray:
+        """Rows of the source's training split that form ``'train'`` or ``'val'``.
+
+        What is left out of both (with ``train_subset``) is data nobody trained or tuned on: a
+        held-out test set can be cut from it (``experiments/reproduce``).
+
+        Args:
+          split: ``'train'`` or ``'val'``.
+
+        Returns:
+          Sorted int64 indices into the source's training split.
+        """
+        if split not in ("train", "val"):
+            raise DataError(f"source_rows: split must be 'train' or 'val', got {split!r}")
+        return np.sort(np.asarray(self._split(split).index, dtype=np.int64))
+
     def get_arrays(self, split: str) -> Arrays:
         """All examples of a split, unnormalised.
 

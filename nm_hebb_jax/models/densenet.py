@@ -40,6 +40,7 @@ class DenseBottleneck(nn.Module):
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     growth_rate: int
@@ -48,6 +49,7 @@ class DenseBottleneck(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -70,6 +72,7 @@ class Transition(nn.Module):
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     features: int
@@ -78,6 +81,7 @@ class Transition(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

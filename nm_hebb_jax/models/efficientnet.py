@@ -25,9 +25,10 @@ from nm_hebb_jax.models.layers import (
     Backbone,
     ConvBN,
     Dtype,
-    conv_kernel_init,
+    bias_init,
     make_divisible,
     tap_kwargs,
+    weight_init,
 )
 
 #: BatchNorm epsilon of torchvision's ``efficientnet_v2_s`` (``partial(nn.BatchNorm2d, eps=1e-3)``).
@@ -57,24 +58,27 @@ class SqueezeExcitation(nn.Module):
     Attributes:
       squeeze_features: hidden width.
       dtype: computation dtype.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN` (the 1x1 convs are conv layers).
     """
 
     squeeze_features: int
     dtype: Dtype = jnp.float32
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Rescales the channels of ``x`` ``[N, H, W, C]``; same shape out."""
-        dense = lambda features, name: nn.Dense(
+        dense = lambda features, fan_in, name: nn.Dense(
             features,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
+            kernel_init=weight_init(self.init_scheme),
+            bias_init=bias_init(self.init_scheme, fan_in),
             name=name,
         )
         scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = nn.silu(dense(self.squeeze_features, "fc1")(scale))
-        scale = nn.sigmoid(dense(x.shape[-1], "fc2")(scale))
+        scale = nn.silu(dense(self.squeeze_features, x.shape[-1], "fc1")(scale))
+        scale = nn.sigmoid(dense(x.shape[-1], self.squeeze_features, "fc2")(scale))
         return x * scale
 
 
@@ -103,6 +107,7 @@ class MBConvBlock(nn.Module):
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     block: str
@@ -116,6 +121,7 @@ class MBConvBlock(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -137,7 +143,9 @@ class MBConvBlock(nn.Module):
             out = ConvBN(expanded, k, s, groups=expanded, act="silu", name="conv2", **kw)(
                 out, train
             )
-            out = SqueezeExcitation(max(1, in_features // 4), dtype=self.dtype, name="se")(out)
+            out = SqueezeExcitation(
+                max(1, in_features // 4), dtype=self.dtype, init_scheme=self.init_scheme, name="se"
+            )(out)
             out = ConvBN(self.out_features, 1, act=None, name="conv3", **kw)(out, train)
         else:
             raise ValueError(f"unknown block type {self.block!r}; choose one of {_BLOCK_TYPES}")

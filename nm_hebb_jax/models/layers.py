@@ -15,8 +15,10 @@ computed from it sends gradients to the parameter. Which activation is sown depe
 Conventions shared by all backbones:
   * Input NHWC; convolutions pad symmetrically by ``(k - 1) // 2`` like PyTorch's
     ``padding=k // 2`` (Flax's ``'SAME'`` pads asymmetrically for stride 2 and would not match).
-  * Conv kernels are initialised like ``torch.nn.init.kaiming_normal_(mode='fan_out')`` (the
-    torchvision convention); Dense layers use Flax's default initialisers.
+  * Initialisation (``init_scheme``, see :data:`INITS`): by default conv kernels like
+    ``torch.nn.init.kaiming_normal_(mode='fan_out')`` (the torchvision convention) and the
+    classifier with Flax's default initialisers; ``'torch_default'`` is PyTorch's own default
+    for every conv and linear layer (what kuangliu/pytorch-cifar models get).
   * BatchNorm: ``use_running_average=not train``, momentum 0.9 (PyTorch ``momentum=0.1``), epsilon
     as in the PyTorch reference, no ``axis_name`` (cross-device statistics come from jit sharding).
   * Parameters are float32; ``dtype`` is the computation dtype; logits and the embedding are
@@ -47,6 +49,34 @@ BN_MOMENTUM = 0.9
 
 #: ``torch.nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu')`` for HWIO kernels.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+#: Valid values of a backbone's ``init_scheme``: ``'fan_out'`` = conv kernels ~
+#: :data:`conv_kernel_init`, conv biases 0, the classifier Flax's default (LeCun normal, bias 0);
+#: ``'torch_default'`` = PyTorch's ``nn.Conv2d`` / ``nn.Linear`` defaults for every conv and
+#: dense layer (``kaiming_uniform_(a=√5)``, i.e. weights and biases ~ U(±1/√fan_in)).
+INITS: tuple[str, ...] = ("fan_out", "torch_default")
+
+
+def weight_init(init: str, *, dense: bool = False) -> Callable:
+    """The kernel initialiser of a conv (``dense=True``: the classifier) for an ``init_scheme``."""
+    _check_choice("init_scheme", init, INITS)
+    if init == "torch_default":
+        return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return nn.initializers.lecun_normal() if dense else conv_kernel_init
+
+
+def bias_init(init: str, fan_in: int) -> Callable:
+    """The bias initialiser for ``init_scheme``: zeros, or U(±1/√fan_in) for ``'torch_default'``."""
+    _check_choice("init_scheme", init, INITS)
+    if init == "torch_default":
+        bound = 1.0 / float(fan_in) ** 0.5
+
+        def uniform(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        return uniform
+    return nn.initializers.zeros_init()
+
 
 _ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
     "relu": nn.relu,
@@ -97,7 +127,8 @@ CONV_INPUT_BARRIERS: tuple[str, ...] = ("auto", "on", "off")
 
 
 def tap_kwargs(module: nn.Module) -> dict[str, Any]:
-    """``hebb_layers``, ``hebb_activation``, ``dtype``, ``depthwise_impl``, ``conv_input_barrier``.
+    """``hebb_layers``, ``hebb_activation``, ``dtype``, ``depthwise_impl``, ``conv_input_barrier``,
+    ``init_scheme``.
 
     What a block passes on to its units. Blocks live inside a backbone whose ``unit_kwargs``
     already resolved the tap names, so the values are forwarded unchanged.
@@ -108,6 +139,7 @@ def tap_kwargs(module: nn.Module) -> dict[str, Any]:
         "dtype": module.dtype,
         "depthwise_impl": module.depthwise_impl,
         "conv_input_barrier": module.conv_input_barrier,
+        "init_scheme": module.init_scheme,
     }
 
 
@@ -465,6 +497,7 @@ class ConvBN(nn.Module):
       conv_input_barrier: whether a non-depthwise unit passes its input through
         :func:`materialize`, one of :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only). The
         values and gradients are the same either way; only XLA:CPU's speed changes.
+      init_scheme: initialisation scheme, one of :data:`INITS`.
     """
 
     features: int
@@ -480,6 +513,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -500,7 +534,7 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         kernel = self.param(
             "kernel",
-            conv_kernel_init,
+            weight_init(self.init_scheme),
             (k, k, in_features // self.groups, self.features),
             jnp.float32,
         )
@@ -511,7 +545,10 @@ class ConvBN(nn.Module):
         else:
             y = conv2d(x, kernel_c, self.strides, self.groups, input_barrier=barrier)
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            fan_in = k * k * in_features // self.groups
+            bias = self.param(
+                "bias", bias_init(self.init_scheme, fan_in), (self.features,), jnp.float32
+            )
             y = y + bias.astype(self.dtype)
         pre = y
         if self.use_norm:
@@ -546,6 +583,8 @@ class Backbone(nn.Module):
         (``'auto'``: shifted slices on CPU, ``lax`` grouped convolution elsewhere).
       conv_input_barrier: pass each convolution's input through :func:`materialize`, one of
         :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only; a speed setting, results unchanged).
+      init_scheme: initialisation scheme of every conv and dense layer, one of :data:`INITS`
+        (``'fan_out'``; ``'torch_default'`` = PyTorch's defaults).
     """
 
     num_classes: int
@@ -554,6 +593,7 @@ class Backbone(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
     default_hebb_layer: ClassVar[str] = ""
@@ -570,6 +610,7 @@ class Backbone(nn.Module):
         check_hebb_activation(self.hebb_activation)
         check_depthwise_impl(self.depthwise_impl)
         check_conv_input_barrier(self.conv_input_barrier)
+        _check_choice("init_scheme", self.init_scheme, INITS)
         super().__post_init__()
 
     def unit_kwargs(self) -> dict[str, Any]:
@@ -580,7 +621,7 @@ class Backbone(nn.Module):
 
         Returns:
           ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...,
-          'conv_input_barrier': ...}``.
+          'conv_input_barrier': ..., 'init_scheme': ...}``.
         """
         prefix = tuple(self.path)
         return {
@@ -589,6 +630,7 @@ class Backbone(nn.Module):
             "dtype": self.dtype,
             "depthwise_impl": self.depthwise_impl,
             "conv_input_barrier": self.conv_input_barrier,
+            "init_scheme": self.init_scheme,
         }
 
     def pool_and_classify(
@@ -609,7 +651,12 @@ class Backbone(nn.Module):
         embedding = jnp.mean(x.astype(out_dtype), axis=(1, 2))
         h = nn.Dropout(rate=dropout_rate, deterministic=not train)(embedding)
         logits = nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="classifier"
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=weight_init(self.init_scheme, dense=True),
+            bias_init=bias_init(self.init_scheme, h.shape[-1]),
+            name="classifier",
         )(h.astype(self.dtype))
         return logits.astype(out_dtype), {"embedding": embedding}
 

@@ -49,6 +49,7 @@ class InvertedResidual(nn.Module):
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     expansion: int
@@ -59,6 +60,7 @@ class InvertedResidual(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

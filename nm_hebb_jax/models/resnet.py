@@ -32,6 +32,7 @@ class BasicBlock(nn.Module):
       dtype: computation dtype.
       depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
       conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
     """
 
     features: int
@@ -41,6 +42,7 @@ class BasicBlock(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
