@@ -494,13 +494,15 @@ def _text():
 # field -> (strategy of values, expectation for a value: None = builds, else the RunError's words).
 # The base is configs/quickstart.py:smoke (digits, 1,797 examples, batch 32, phase2.k_per_class 4).
 CONFIG_FIELDS = {
+    # quickstart:smoke: 1,797 digits, 200 carved for validation, batch 32; a batch larger than
+    # the training examples is refused
     "batch_size": (
         st.integers(-(2**40), 0) | st.integers(4, 4096),
-        lambda v: None if v > 0 else "batch_size",
+        lambda v: None if 0 < v <= 1797 - 200 else "batch_size",
     ),
     "data.val_size": (
-        st.integers(-(2**40), 2**40) | st.integers(-2, 1800),
-        lambda v: None if 1 <= v < 1797 else "val_size",
+        st.integers(-(2**40), 2**40) | st.integers(-2, 1800) | st.integers(1760, 1770),
+        lambda v: None if 1 <= v <= 1797 - 32 else ("batch_size" if 1 <= v < 1797 else "val_size"),
     ),
     "phase2.k_per_class": (st.integers(1, 32), lambda v: None),
     "hebb.layers": (
