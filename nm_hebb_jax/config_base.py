@@ -61,6 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet18"
     c.model.dtype = "float32"  # computation dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.overrides = ml_collections.ConfigDict()  # width/depth overrides passed to get_model
+    # 'fan_out' (He-normal conv kernels, Flax-default classifier) or 'torch_default' (PyTorch's
+    # nn.Conv2d/nn.Linear defaults); experiments/parity measures which matches PyTorch training
+    c.model.init_scheme = "fan_out"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # 'tfds' | 'npz' | 'digits'

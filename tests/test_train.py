@@ -68,6 +68,16 @@ def test_every_method_traces_both_phases(method):
     assert M.method_terms(c, 1) == M.METHOD_TERMS[method][0]
 
 
+def test_model_init_scheme_reaches_the_model_and_bad_values_are_refused():
+    c = load_config("cifar10", "smoke,vgg11")
+    c.model.init_scheme = "torch_default"
+    run = build_run(c, mesh=S.make_mesh(jax.devices()[:1]))
+    assert run.model.init_scheme == "torch_default"
+    c.model.init_scheme = "xavier"
+    with pytest.raises(RunError, match="init_scheme"):
+        build_run(c, mesh=S.make_mesh(jax.devices()[:1]))
+
+
 @pytest.mark.slow
 def test_smoke_run_compiles_once_per_phase_and_logs_everything(smoke_run):
     config, workdir, summary = smoke_run

@@ -202,6 +202,15 @@ def report_markdown(table: dict) -> str:
         jax_recs, torch_recs = sides.get("jax", []), sides.get("torch", [])
         lines.append(f"### {model}, variant `{variant}`")
         lines.append("")
+        if not torch_recs and variant != "default":
+            # A JAX-only variant (e.g. an initialisation PyTorch already uses): against the
+            # default PyTorch runs.
+            torch_recs = table.get(("default", model), {}).get("torch", [])
+            lines.append(
+                "PyTorch column: the `default` variant's runs (this variant changes only "
+                "the JAX side)."
+            )
+            lines.append("")
         seeds = sorted({r["seed"] for r in jax_recs + torch_recs})
         by = {(r["side"], r["seed"]): r for r in jax_recs + torch_recs}
         lines.append("| seed | JAX (ours) Top-1 % | PyTorch Top-1 % | JAX wall s | PyTorch s |")

@@ -195,6 +195,7 @@ def build_run(config, *, mesh=None) -> Run:
             num_classes=num_classes,
             hebb_activation=config.hebb.activation,
             dtype=_dtype(config.model.dtype),
+            init_scheme=config.model.init_scheme,
             **dict(config.model.overrides),
         )
         hebb_layers = tuple(config.hebb.layers) or (model.default_hebb_layer,)
