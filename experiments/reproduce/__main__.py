@@ -149,7 +149,11 @@ def _evaluate(workdir: str, extra: list[str]) -> dict:
 
 def run_one(r, args) -> dict:
     workdir = r.workdir(args.workroot)
-    holdout = make_holdout(r, args.data_root, args.holdout_root)
+    if r.test_split:  # the dataset's own test split (full-data grids)
+        holdout, test_args = None, [f"--split={r.test_split}", "--noplots"]
+    else:
+        holdout = make_holdout(r, args.data_root, args.holdout_root)
+        test_args = [f"--data={holdout}", "--split=test", "--noplots"]
     t0 = time.time()
     proc = subprocess.run(
         r.train_command(args.workroot, args.data_root), cwd=ROOT, capture_output=True, text=True
@@ -163,7 +167,7 @@ def run_one(r, args) -> dict:
     )
     t1 = time.time()
     val = _evaluate(workdir, [])
-    test = _evaluate(workdir, [f"--data={holdout}", "--split=test", "--noplots"])
+    test = _evaluate(workdir, test_args)
     eval_s = time.time() - t1
     for ev in (val, test):
         ev.pop("provenance", None)
@@ -178,8 +182,12 @@ def run_one(r, args) -> dict:
         "seed": r.seed,
         "tag": r.group.get("tag", ""),
         "budget": r.group["budget"],
-        "overrides": {k: v for k, v in r.config_overrides("DATA").items() if k != "data.path"},
-        "holdout_file": os.path.basename(holdout),
+        "overrides": {
+            k: v
+            for k, v in r.config_overrides("DATA").items()
+            if k not in ("data.path", "data.data_dir")
+        },
+        "test": os.path.basename(holdout) if holdout else f"split {r.test_split}",
         "phase1_steps": steps[0] if steps else None,
         "eval": {"val": val, "test": test},
         "curves": _curves(workdir),

@@ -65,6 +65,12 @@ class RunSpec:
             f"{self.dataset}_holdout_t{b['train_subset']}_v{b['val_size']}_n{b['test_size']}.npz",
         )
 
+    @property
+    def test_split(self) -> str | None:
+        """The dataset's own split to report (``'test'``, ``'validation'``); ``None`` = a held-out
+        file cut from the training file (:func:`experiments.reproduce.__main__.make_holdout`)."""
+        return self.group.get("test_split")
+
     def config_overrides(self, data_root: str) -> dict:
         """Every config field the grid sets for this run (beyond the config file's defaults)."""
         b = self.group["budget"]
@@ -72,13 +78,17 @@ class RunSpec:
             "method": self.method,
             "model.name": self.model,
             "seed": self.seed,
-            "data.source": "npz",
-            "data.path": self.data_path(data_root),
             "data.val_size": b["val_size"],
             "data.val_seed": 0,
             "data.train_subset": b["train_subset"],
             "log.progress": False,
         }
+        if self.group.get("source", "npz") == "npz":
+            out["data.source"] = "npz"
+            out["data.path"] = self.data_path(data_root)
+        else:  # e.g. 'tfds': prepared data under --data-root (its data_dir)
+            out["data.source"] = self.group["source"]
+            out["data.data_dir"] = data_root
         if not self.group.get("config_arg"):
             out["phase1.epochs"] = float(b["phase1_epochs"])
             out["phase2.epochs"] = float(b["phase2_epochs"])
@@ -102,7 +112,7 @@ class RunSpec:
         if measured:
             return measured["seconds"]
         b = self.group["budget"]
-        steps_per_epoch = max(b["train_subset"], 1000) // 128
+        steps_per_epoch = max(b["train_subset"] or b.get("full_train", 50000), 1000) // 128
         epochs = b["phase1_epochs"] + b["phase2_epochs"]
         pixels = (IMAGE_SIZE.get(self.dataset, 32) / 32) ** 2
         step = STEP_SECONDS.get(self.model, 1.0) * pixels
