@@ -765,7 +765,8 @@ def convert(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m nm_hebb_jax.data.convert``."""
     parser = argparse.ArgumentParser(
         prog="python -m nm_hebb_jax.data.convert",
         description="Convert CIFAR pickles, a prepared TFDS dataset or a folder of images into "
@@ -780,7 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train", help="split name of a folder of classes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--compress", action="store_true", help="deflate-compress the members")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the converter; returns the exit status (0, or 2 after a one-line error)."""
+    args = build_parser().parse_args(argv)
     try:
         summary = convert(
             args.source,

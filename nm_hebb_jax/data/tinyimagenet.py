@@ -21,6 +21,8 @@ Prepare once::
     python -m nm_hebb_jax.data.tinyimagenet --manual_dir=DIR --data_dir=~/tensorflow_datasets
 
 or ``tfds build tiny_imagenet200 --imports=nm_hebb_jax.data.tinyimagenet --manual_dir=DIR``.
+Without TFDS, ``python -m nm_hebb_jax.data.convert DIR --out tinyimagenet.npz`` reads the same
+folder (through :func:`iter_split_files`) into the project's npz format (docs/data.md).
 """
 
 from __future__ import annotations

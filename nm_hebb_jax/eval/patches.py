@@ -233,7 +233,7 @@ def select_channels(
       A :class:`ChannelPatches`. Channels whose class means are all 0 (dead) are never chosen;
       ties in selectivity go to the lower channel index.
     """
-    from nm_hebb_jax.eval.filters import ClassMeanAccumulator, class_selectivity
+    from nm_hebb_jax.eval.filters import EPS, ClassMeanAccumulator, class_selectivity
 
     labels = np.asarray(labels)
     top = TopActivations(k)
@@ -250,7 +250,7 @@ def select_channels(
         si = class_selectivity(class_means)
     else:  # one class only: no selectivity, rank by the strongest response
         si = np.zeros(class_means.shape[1])
-    live = np.nan_to_num(class_means).max(axis=0) > 0
+    live = np.nan_to_num(class_means).max(axis=0) > EPS  # as filter_metrics counts live ones
     order = np.lexsort((np.arange(si.size), -np.where(live, si, -np.inf)))
     chosen = np.asarray([c for c in order if live[c]][:rows], np.int64)
     return ChannelPatches(

@@ -1,7 +1,8 @@
 """Pictures of a trained model: t-SNE map, filter grid, top-activating patches, training curves.
 
-METHOD.md, section "Metrics", "Pictures". Every function renders one figure with matplotlib's Agg
-(raster, headless) backend, writes it as a PNG (parent folders are created) and returns the path.
+docs/method.md, section "Metrics", "Pictures". Every function renders one figure with
+matplotlib's Agg (raster, headless) backend, writes it as a PNG (parent folders are created) and
+returns the path.
 
 Figures are built as ``matplotlib.figure.Figure`` objects attached to an Agg canvas
 (``FigureCanvasAgg``) rather than through ``pyplot``: the Agg backend is thus set inside this module
