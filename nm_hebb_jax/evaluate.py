@@ -77,6 +77,14 @@ PATCH_ROWS = 12  # channels in the top-activating-patches picture
 PATCH_COLUMNS = 8  # patches per channel
 
 
+def _is_greyscale(images, sample: int = 256) -> bool:
+    """Whether the (first ``sample``) images are greyscale stored as three equal channels."""
+    x = np.asarray(images[:sample])
+    return x.shape[-1] == 3 and bool(
+        (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()
+    )
+
+
 def _patches_file(layer: str) -> str:
     return f"top_patches_{layer.replace('/', '_')}.png"
 
@@ -186,10 +194,13 @@ def evaluate_workdir(
         )
         first = run.model.conv_layer_names()[0]
         kernel = run.kernel(first)
+        grey = _is_greyscale(images)  # then only each filter's sum over R, G, B acts
         pictures["filters"] = plots.plot_filter_grid(
             kernel,
             os.path.join(outdir, "filters_first_layer.png"),
-            title=f"First-layer filters ({first}, step {run.step})",
+            title=f"First-layer filters ({first}, step {run.step}"
+            + ("; greyscale inputs)" if grey else ")"),
+            color="grey" if grey else "auto",
         )
         tap = run.hebb_layers[0]
         pictures["patches"] = _top_patches_picture(

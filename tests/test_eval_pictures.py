@@ -164,3 +164,23 @@ def test_phase_starts_follow_the_trainers_step_counts():
     assert _phase_starts(run) == [40]
     config.phase2.num_steps = 0  # no phase 2: nothing to mark
     assert _phase_starts(run) == []
+
+
+def test_filter_grid_grey_for_greyscale_inputs(tmp_path):
+    from nm_hebb_jax.evaluate import _is_greyscale
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8), 3, axis=-1)
+    colour = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    assert _is_greyscale(grey) and not _is_greyscale(colour)
+    kernel = rng.normal(size=(3, 3, 3, 4))
+    rgb = plots.plot_filter_grid(kernel, tmp_path / "rgb.png")
+    mono = plots.plot_filter_grid(kernel, tmp_path / "grey.png", color="grey")
+    with Image.open(rgb) as a, Image.open(mono) as b:
+        pixels_a, pixels_b = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+    # The grey grid's filter cells have equal channels; the RGB grid's do not.
+    assert (pixels_a[..., 0] != pixels_a[..., 1]).mean() > 0.05
+    cells = (pixels_b[..., 0] == pixels_b[..., 1]) & (pixels_b[..., 1] == pixels_b[..., 2])
+    assert cells.mean() > 0.5
+    with pytest.raises(ValueError, match="color"):
+        plots.plot_filter_grid(kernel, tmp_path / "x.png", color="sepia")

@@ -213,38 +213,44 @@ def plot_filter_grid(
     *,
     max_filters: int = 64,
     title: str = "First-layer filters",
+    color: str = "auto",
 ) -> Path:
     """The first ``max_filters`` filters of a conv layer as small images in a near-square grid.
 
-    With ``C_in == 3`` each filter is shown as an RGB image, min-max normalised per filter (over its
-    three channels together) to ``[0, 1]``; otherwise the filter is averaged over ``C_in`` and shown
-    in grey, also min-max normalised per filter (black = its most negative, white = its most
-    positive weight). The grid has ``ceil(sqrt(n))`` columns; filter ``i`` sits at row
-    ``i // cols``, column ``i % cols``; small filters are enlarged by pixel repetition and a thin
-    gap separates them (white for RGB, light blue for grey filters).
+    With ``C_in == 3`` (and ``color='auto'``) each filter is shown as an RGB image, min-max
+    normalised per filter (over its three channels together) to ``[0, 1]``; otherwise, or with
+    ``color='grey'`` (e.g. for greyscale images stored as three equal channels, where only the sum
+    over the input channels acts), the filter is averaged over ``C_in`` and shown in grey, also
+    min-max normalised per filter (black = its most negative, white = its most positive weight).
+    The grid has ``ceil(sqrt(n))`` columns; filter ``i`` sits at row ``i // cols``, column
+    ``i % cols``; small filters are enlarged by pixel repetition and a thin gap separates them
+    (white for RGB, light blue for grey filters).
 
     Args:
         kernel: ``[kh, kw, C_in, C_out]`` Flax ``Conv`` kernel.
         path: output PNG path.
         max_filters: largest number of filters shown (the first ones by output index).
         title: figure title.
+        color: ``'auto'`` (RGB for 3 input channels, else grey) or ``'grey'``.
 
     Returns:
         The path of the written PNG.
 
     Raises:
-        ValueError: if ``kernel`` is not 4-D or ``max_filters < 1``.
+        ValueError: if ``kernel`` is not 4-D, ``max_filters < 1`` or ``color`` is unknown.
     """
     w = np.asarray(kernel, dtype=np.float64)
     if w.ndim != 4:
         raise ValueError(f"kernel must be [kh, kw, C_in, C_out], got shape {w.shape}.")
     if max_filters < 1:
         raise ValueError(f"max_filters must be >= 1, got {max_filters}.")
+    if color not in ("auto", "grey"):
+        raise ValueError(f"color must be 'auto' or 'grey', got {color!r}.")
     kh, kw, c_in, c_out = w.shape
     n = min(c_out, max_filters)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    rgb = c_in == 3
+    rgb = c_in == 3 and color == "auto"
     up = max(1, math.ceil(12 / max(kh, kw)))  # each weight drawn as up x up pixels
     ch, cw, gap = kh * up, kw * up, 2  # cell size and the gap between cells
     # Gaps: white between RGB filters; light blue between grey ones, so white weights stay visible.
