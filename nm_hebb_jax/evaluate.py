@@ -77,14 +77,6 @@ PATCH_ROWS = 12  # channels in the top-activating-patches picture
 PATCH_COLUMNS = 8  # patches per channel
 
 
-def _is_greyscale(images, sample: int = 256) -> bool:
-    """Whether the (first ``sample``) images are greyscale stored as three equal channels."""
-    x = np.asarray(images[:sample])
-    return x.shape[-1] == 3 and bool(
-        (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()
-    )
-
-
 def _patches_file(layer: str) -> str:
     return f"top_patches_{layer.replace('/', '_')}.png"
 
@@ -194,7 +186,7 @@ def evaluate_workdir(
         )
         first = run.model.conv_layer_names()[0]
         kernel = run.kernel(first)
-        grey = _is_greyscale(images)  # then only each filter's sum over R, G, B acts
+        grey = plots.is_greyscale(images)  # then only each filter's sum over R, G, B acts
         pictures["filters"] = plots.plot_filter_grid(
             kernel,
             os.path.join(outdir, "filters_first_layer.png"),

@@ -167,12 +167,10 @@ def test_phase_starts_follow_the_trainers_step_counts():
 
 
 def test_filter_grid_grey_for_greyscale_inputs(tmp_path):
-    from nm_hebb_jax.evaluate import _is_greyscale
-
     rng = np.random.default_rng(0)
     grey = np.repeat(rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8), 3, axis=-1)
     colour = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    assert _is_greyscale(grey) and not _is_greyscale(colour)
+    assert plots.is_greyscale(grey) and not plots.is_greyscale(colour)
     kernel = rng.normal(size=(3, 3, 3, 4))
     rgb = plots.plot_filter_grid(kernel, tmp_path / "rgb.png")
     mono = plots.plot_filter_grid(kernel, tmp_path / "grey.png", color="grey")

@@ -207,6 +207,18 @@ def _normalize01(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
+def is_greyscale(images: ArrayLike, sample: int = 256) -> bool:
+    """Whether images (the first ``sample``) are greyscale stored as three equal channels.
+
+    A first-layer filter then acts only through its sum over the input channels, so
+    :func:`plot_filter_grid` should draw it with ``color='grey'``.
+    """
+    x = np.asarray(images[:sample])
+    return x.shape[-1] == 3 and bool(
+        (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()
+    )
+
+
 def plot_filter_grid(
     kernel: ArrayLike,
     path: PathLike,

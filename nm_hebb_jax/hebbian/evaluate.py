@@ -132,15 +132,19 @@ def evaluate_hebbian_workdir(
     os.makedirs(outdir, exist_ok=True)
     pictures = {}
     if make_plots:
+        images, labels = evaluation
+        # Whole-image ZCA keeps equal channels equal, so greyscale data leaves only the sum acting.
+        grey = plots.is_greyscale(images)
         pictures["layer1_filters"] = str(
             plots.plot_filter_grid(
                 np.asarray(params[0]["kernel"]),
                 os.path.join(outdir, "filters_layer1.png"),
                 max_filters=int(config.eval.max_filters),
-                title=f"Hebbian CNN layer-1 filters (step {step}; input ZCA-whitened)",
+                title=f"Hebbian CNN layer-1 filters (step {step}; input ZCA-whitened"
+                + ("; greyscale inputs)" if grey else ")"),
+                color="grey" if grey else "auto",
             )
         )
-        images, labels = evaluation
         names = list(dataset.class_names) if dataset.class_names else None
         for i, acts in enumerate(_layer_responses(model, params, zca, images, config)):
             name = f"layer{i + 1}"
