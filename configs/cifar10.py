@@ -4,11 +4,13 @@ On a GPU/TPU VM with CIFAR-10 prepared by TFDS (``tfds build cifar10``):
 
   python main.py --config=configs/cifar10.py --workdir=runs/cifar10_nm_hebb
 
-From the npz files of this project (JPEG-encoded train split; a stratified, seeded 5,000-image
-validation split is carved from it):
+From the official python version converted to the project's npz format (docs/data.md; a
+stratified, seeded 5,000-image validation split is carved from train, ``--config.eval.split=test``
+evaluates on the test split instead):
 
+  python -m nm_hebb_jax.data.convert cifar-10-python.tar.gz --out data/cifar10.npz
   python main.py --config=configs/cifar10.py --workdir=runs/c10 \
-      --config.data.source=npz --config.data.path=../shared/data/cifar10_train.npz
+      --config.data.source=npz --config.data.path=data/cifar10.npz
 
 Backbone and method are fields (``--config.model.name=vgg11 --config.method=baseline``) or config
 arguments (``--config=configs/cifar10.py:vgg11,baseline``); ``:smoke`` runs a tiny model for a few

@@ -1,16 +1,17 @@
 r"""CIFAR-100, ResNet-18, NM-Hebb.
 
 TFDS (prepared):  python main.py --config=configs/cifar100.py --workdir=runs/cifar100_nm_hebb
-npz (30,128 lossless train images of this project, 100 classes; 3,000 carved for validation):
+npz (docs/data.md; 3,000 of the 50,000 training images carved for validation; the 20 coarse
+classes with ``--config.data.label_key='y_{split}_coarse'``):
 
+  python -m nm_hebb_jax.data.convert cifar-100-python.tar.gz --out data/cifar100.npz
   python main.py --config=configs/cifar100.py --workdir=runs/c100 \
-      --config.data.source=npz --config.data.path=../shared/data/cifar100_train.npz
+      --config.data.source=npz --config.data.path=data/cifar100.npz
 
 ``:smoke`` runs a tiny model for a few steps on the bundled digits data (CI).
 
 What to expect: no accuracy for this config has been measured in this repository yet; the paper
-reports +2.0 to +9.0 pp Top-1 over its baselines on CIFAR-100. The npz file holds only 30k of the
-50k training images, so absolute numbers are lower than with the full TFDS split.
+reports +2.0 to +9.0 pp Top-1 over its baselines on CIFAR-100.
 """
 
 from nm_hebb_jax.config_args import apply_arg

@@ -1,10 +1,11 @@
 r"""Miconi 2021 ("Hebbian learning with gradients", arXiv 2107.01729): the 3-layer Hebbian CNN.
 
-Paper configuration (CIFAR-10 from this project's npz file; a stratified, seeded 5,000-image
-validation split is carved from the 50,000 training images):
+Paper configuration (CIFAR-10 converted to the project's npz format, docs/data.md; a stratified,
+seeded 5,000-image validation split is carved from the 50,000 training images):
 
+  python -m nm_hebb_jax.data.convert cifar-10-python.tar.gz --out data/cifar10.npz
   python main.py --config=configs/hebbian_cnn.py --workdir=runs/hebb_cnn \
-      --config.data.path=../shared/data/cifar10_train.npz
+      --config.data.path=data/cifar10.npz
   python -m nm_hebb_jax.evaluate --workdir=runs/hebb_cnn
 
 Ablations are overrides of the same config: ``--config.triangle=False``,

@@ -1,14 +1,16 @@
-r"""TinyImageNet-200 (64x64), ResNet-18 (CIFAR stem kept, METHOD.md), NM-Hebb.
+r"""TinyImageNet-200 (64x64), ResNet-18 (CIFAR stem kept, docs/method.md "Backbones"), NM-Hebb.
 
 TFDS: TinyImageNet is not in the TFDS catalogue; this package ships a builder for the standard
 ``tiny-imagenet-200`` folder layout (see README). Once built into ``DATA_DIR``:
 
   python main.py --config=configs/tinyimagenet.py --workdir=runs/tin --config.data.data_dir=DATA_DIR
 
-npz (40,000 train images, 200 per class, of this project; 4,000 carved for validation):
+npz, from the same folder without TFDS (docs/data.md; 4,000 of the 100,000 training images carved
+for validation, ``--config.eval.split=validation`` evaluates on the official validation split):
 
+  python -m nm_hebb_jax.data.convert tiny-imagenet-200 --out data/tinyimagenet.npz
   python main.py --config=configs/tinyimagenet.py --workdir=runs/tin \
-      --config.data.source=npz --config.data.path=../shared/data/tinyimagenet_train.npz
+      --config.data.source=npz --config.data.path=data/tinyimagenet.npz
 
 ``:smoke`` runs a tiny model for a few steps on the bundled digits data (CI).
 

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags, logging
 
 from nm_hebb_jax.eval import plots
@@ -72,6 +73,66 @@ def runtime_settings(
     return {"cpu_tuning": bool(tuning), "cpu_malloc_tuning": bool(tuning) and bool(malloc)}
 
 
+PATCH_ROWS = 12  # channels in the top-activating-patches picture
+PATCH_COLUMNS = 8  # patches per channel
+
+
+def _patches_file(layer: str) -> str:
+    return f"top_patches_{layer.replace('/', '_')}.png"
+
+
+def _top_patches_picture(run, layer, images, labels, class_names, split, path):
+    """The tapped layer's most class-selective channels and their top-activating image patches."""
+    from nm_hebb_jax.eval import patches
+
+    num_classes = int(run.meta["model"]["num_classes"])
+    chosen = patches.select_channels(
+        run.tap_activations(images, layer),
+        labels,
+        num_classes,
+        rows=PATCH_ROWS,
+        k=PATCH_COLUMNS,
+    )
+    field = run.receptive_field(layer)
+    crops = patches.crop_patches(np.asarray(images), chosen.index, chosen.position, field)
+    classes = np.where(chosen.index >= 0, np.asarray(labels)[np.maximum(chosen.index, 0)], -1)
+    return plots.plot_top_patches(
+        crops,
+        path,
+        row_labels=[
+            f"ch {c} · SI {si:.2f}"
+            for c, si in zip(chosen.channels, chosen.selectivity, strict=True)
+        ],
+        patch_classes=classes,
+        class_names=class_names,
+        title=f"Top-activating patches of {layer} ({split}, step {run.step})",
+        note=(
+            f"the {len(chosen.channels)} most class-selective of {chosen.num_channels} channels "
+            f"(SI: class selectivity index); receptive field {field.size[0]}x{field.size[1]} px"
+        ),
+    )
+
+
+def _phase_starts(run) -> list[int]:
+    """The step at which phase 2 began (``[]`` when a phase has no steps).
+
+    The same resolution as the trainer's (``num_steps`` when >= 0, else epochs x steps per
+    epoch, :func:`nm_hebb_jax.train.loop.phase_steps`).
+    """
+    config = run.config
+    spe = None
+
+    def steps(phase) -> int:
+        nonlocal spe
+        if phase.num_steps >= 0:
+            return int(phase.num_steps)
+        spe = spe or run.dataset.steps_per_epoch(config.batch_size)
+        return int(round(phase.epochs * spe))
+
+    first, second = steps(config.phase1), steps(config.phase2)
+    return [first] if first > 0 and second > 0 else []
+
+
 def evaluate_workdir(
     workdir: str, *, step=None, best=False, data=None, split=None, make_plots=True
 ) -> dict:
@@ -106,6 +167,7 @@ def evaluate_workdir(
         results = run.evaluate((images, labels))
     else:
         split = split or run.config.eval.split
+        images = run.dataset.get_arrays(split)[0]
         results = run.evaluate(split=split)
     emb, labels = results.pop("_embeddings"), results.pop("_labels")
     outdir = os.path.join(run.workdir, "eval", f"{split}_step{run.step}")
@@ -124,15 +186,28 @@ def evaluate_workdir(
         )
         first = run.model.conv_layer_names()[0]
         kernel = run.kernel(first)
+        grey = plots.is_greyscale(images)  # then only each filter's sum over R, G, B acts
         pictures["filters"] = plots.plot_filter_grid(
             kernel,
             os.path.join(outdir, "filters_first_layer.png"),
-            title=f"first-layer filters ({first}, step {run.step})",
+            title=f"First-layer filters ({first}, step {run.step}"
+            + ("; greyscale inputs)" if grey else ")"),
+            color="grey" if grey else "auto",
+        )
+        tap = run.hebb_layers[0]
+        pictures["patches"] = _top_patches_picture(
+            run, tap, images, labels, names, split, os.path.join(outdir, _patches_file(tap))
         )
         curves = os.path.join(run.workdir, "metrics.jsonl")
         if os.path.exists(curves):
             pictures["curves"] = plots.plot_training_curves(
-                curves, os.path.join(outdir, "training_curves.png")
+                curves,
+                os.path.join(outdir, "training_curves.png"),
+                title=(
+                    f"Training curves: {run.config.method}, {run.meta['model']['name']}, "
+                    f"{run.config.data.name}"
+                ),
+                phase_starts=_phase_starts(run),
             )
     out = {
         **{k: v for k, v in results.items()},

@@ -44,7 +44,9 @@ def test_evaluate_matches_training_and_writes_pictures(smoke_run):
         assert 0.0 <= out[key] <= 1.0, key
     assert out["step"] == summary["final_step"] and out["provenance"]["git_commit"]
     outdir = os.path.join(workdir, "eval", f"val_step{out['step']}")
-    for name in ("tsne.png", "filters_first_layer.png", "training_curves.png"):
+    patches = "top_patches_stage2_block0_conv1.png"  # the tapped layer's
+    assert str(out["pictures"]["patches"]) == os.path.join(outdir, patches)
+    for name in ("tsne.png", "filters_first_layer.png", "training_curves.png", patches):
         with Image.open(os.path.join(outdir, name)) as im:
             assert min(im.size) > 100
     assert json.load(open(os.path.join(outdir, "results.json")))["top1"] == out["top1"]

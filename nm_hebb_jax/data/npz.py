@@ -1,5 +1,7 @@
 """Reader of the project's ``.npz`` image format, with one-line errors and decoded-image caches.
 
+The format is documented in docs/data.md; ``python -m nm_hebb_jax.data.convert`` writes it.
+
 Format, for a split ``S`` (``train``, ``test``, ...):
 
 - pixels ``x_S``: uint8 ``[N, H, W, 3]`` (RGB), or grayscale ``[N, H, W]`` / ``[N, H, W, 1]``

@@ -21,6 +21,8 @@ Prepare once::
     python -m nm_hebb_jax.data.tinyimagenet --manual_dir=DIR --data_dir=~/tensorflow_datasets
 
 or ``tfds build tiny_imagenet200 --imports=nm_hebb_jax.data.tinyimagenet --manual_dir=DIR``.
+Without TFDS, ``python -m nm_hebb_jax.data.convert DIR --out tinyimagenet.npz`` reads the same
+folder (through :func:`iter_split_files`) into the project's npz format (docs/data.md).
 """
 
 from __future__ import annotations
@@ -80,6 +82,36 @@ def read_wnids(root: epath.Path) -> list[str]:
     return wnids
 
 
+def iter_split_files(root: epath.Path, split: str, wnids: list[str]):
+    """The labelled image files of a split of the folder layout, in a fixed order.
+
+    Used by the TFDS builder and by ``python -m nm_hebb_jax.data.convert`` (npz output).
+
+    Args:
+      root: the folder holding ``wnids.txt`` (:func:`find_root`).
+      split: ``'train'`` (``train/<wnid>/images/*.JPEG``, by wnid then file name) or
+        ``'validation'`` (``val/images``, in the order of ``val/val_annotations.txt``).
+      wnids: the ids to keep (:func:`read_wnids`).
+
+    Yields:
+      ``(file_name, path, wnid)``.
+    """
+    root = epath.Path(root)
+    if split == "train":
+        for wnid in wnids:
+            for path in sorted((root / "train" / wnid / "images").iterdir()):
+                if path.suffix.lower() in (".jpeg", ".jpg"):
+                    yield path.name, path, wnid
+        return
+    if split != "validation":
+        raise ValueError(f"split {split!r} of TinyImageNet-200: use 'train' or 'validation'")
+    allowed = set(wnids)
+    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in allowed:
+            yield fields[0], root / "val" / "images" / fields[0], fields[1]
+
+
 def _image_value(path: epath.Path):
     """The original file when TFDS can store it as is, else an RGB uint8 array [64, 64, 3]."""
     with path.open("rb") as f, Image.open(f) as im:
@@ -123,35 +155,8 @@ class TinyImagenet200(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, root: epath.Path, split: str, wnids: list[str]):
-        if split == "train":
-            for wnid in wnids:
-                for path in sorted((root / "train" / wnid / "images").iterdir()):
-                    if path.suffix.lower() not in (".jpeg", ".jpg"):
-                        continue
-                    yield (
-                        path.name,
-                        {
-                            "image": _image_value(path),
-                            "label": wnid,
-                            "file_name": path.name,
-                        },
-                    )
-            return
-        allowed = set(wnids)
-        lines = (root / "val" / "val_annotations.txt").read_text().splitlines()
-        for line in lines:
-            fields = line.split("\t")
-            if len(fields) < 2 or fields[1] not in allowed:
-                continue
-            path = root / "val" / "images" / fields[0]
-            yield (
-                fields[0],
-                {
-                    "image": _image_value(path),
-                    "label": fields[1],
-                    "file_name": fields[0],
-                },
-            )
+        for name, path, wnid in iter_split_files(root, split, wnids):
+            yield name, {"image": _image_value(path), "label": wnid, "file_name": name}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """Evaluation on the host: Top-1, kNN Top-1, NMI, filter-level analyses, pictures.
 
-METHOD.md, section "Metrics". Everything takes numpy (or jax) arrays and runs in numpy/scikit-learn.
+docs/method.md, section "Metrics". Everything takes numpy (or jax) arrays and runs in numpy and
+scikit-learn.
 """
 
 from nm_hebb_jax.eval.filters import (

@@ -1,6 +1,6 @@
 """Filter-level analyses: filter redundancy and class selectivity of a conv layer.
 
-METHOD.md, section "Metrics", "Filter-level":
+docs/method.md, section "Metrics", "Filter-level":
 
 * redundancy = mean |cosine similarity| between the filter pairs of a layer;
 * class selectivity index per channel (Morcos et al. 2018) = (μ_max − μ_rest) / (μ_max + μ_rest)

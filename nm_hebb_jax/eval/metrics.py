@@ -1,7 +1,7 @@
 """Representation metrics on the host: Top-1, kNN Top-1 and k-means NMI.
 
 Everything here runs on numpy arrays after the forward passes are done (inputs may be jax arrays;
-they are converted with ``np.asarray``). These are the metrics of METHOD.md, section "Metrics":
+they are converted with ``np.asarray``). These are the metrics of docs/method.md, section "Metrics":
 
 * Top-1 of the classifier head on the evaluated split, exact over the unmasked (non-padding) rows.
 * kNN Top-1 (k = 20, cosine similarity) of the evaluated split against a memory bank of

@@ -1,7 +1,8 @@
-"""Pictures of a trained model: t-SNE embedding map, filter grid, training curves.
+"""Pictures of a trained model: t-SNE map, filter grid, top-activating patches, training curves.
 
-METHOD.md, section "Metrics", "Pictures". Every function renders one figure with matplotlib's Agg
-(raster, headless) backend, writes it as a PNG (parent folders are created) and returns the path.
+docs/method.md, section "Metrics", "Pictures". Every function renders one figure with
+matplotlib's Agg (raster, headless) backend, writes it as a PNG (parent folders are created) and
+returns the path.
 
 Figures are built as ``matplotlib.figure.Figure`` objects attached to an Agg canvas
 (``FigureCanvasAgg``) rather than through ``pyplot``: the Agg backend is thus set inside this module
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -205,44 +207,62 @@ def _normalize01(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
+def is_greyscale(images: ArrayLike, sample: int = 256) -> bool:
+    """Whether images (the first ``sample``) are greyscale stored as three equal channels.
+
+    A first-layer filter then acts only through its sum over the input channels, so
+    :func:`plot_filter_grid` should draw it with ``color='grey'``.
+    """
+    x = np.asarray(images[:sample])
+    return x.shape[-1] == 3 and bool(
+        (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()
+    )
+
+
 def plot_filter_grid(
     kernel: ArrayLike,
     path: PathLike,
     *,
     max_filters: int = 64,
     title: str = "First-layer filters",
+    color: str = "auto",
 ) -> Path:
     """The first ``max_filters`` filters of a conv layer as small images in a near-square grid.
 
-    With ``C_in == 3`` each filter is shown as an RGB image, min-max normalised per filter (over its
-    three channels together) to ``[0, 1]``; otherwise the filter is averaged over ``C_in`` and shown
-    in grey, also min-max normalised per filter (black = its most negative, white = its most
-    positive weight). The grid has ``ceil(sqrt(n))`` columns; filter ``i`` sits at row
-    ``i // cols``, column ``i % cols``; small filters are enlarged by pixel repetition and a thin
-    gap separates them (white for RGB, light blue for grey filters).
+    With ``C_in == 3`` (and ``color='auto'``) each filter is shown as an RGB image, min-max
+    normalised per filter (over its three channels together) to ``[0, 1]``; otherwise, or with
+    ``color='grey'`` (e.g. for greyscale images stored as three equal channels, where only the sum
+    over the input channels acts), the filter is averaged over ``C_in`` and shown in grey, also
+    min-max normalised per filter (black = its most negative, white = its most positive weight).
+    The grid has ``ceil(sqrt(n))`` columns; filter ``i`` sits at row ``i // cols``, column
+    ``i % cols``; small filters are enlarged by pixel repetition and a thin gap separates them
+    (white for RGB, light blue for grey filters).
 
     Args:
         kernel: ``[kh, kw, C_in, C_out]`` Flax ``Conv`` kernel.
         path: output PNG path.
         max_filters: largest number of filters shown (the first ones by output index).
         title: figure title.
+        color: ``'auto'`` (RGB for 3 input channels, else grey) or ``'grey'``.
 
     Returns:
         The path of the written PNG.
 
     Raises:
-        ValueError: if ``kernel`` is not 4-D or ``max_filters < 1``.
+        ValueError: if ``kernel`` is not 4-D, ``max_filters < 1`` or ``color`` is unknown.
     """
     w = np.asarray(kernel, dtype=np.float64)
     if w.ndim != 4:
         raise ValueError(f"kernel must be [kh, kw, C_in, C_out], got shape {w.shape}.")
     if max_filters < 1:
         raise ValueError(f"max_filters must be >= 1, got {max_filters}.")
+    if color not in ("auto", "grey"):
+        raise ValueError(f"color must be 'auto' or 'grey', got {color!r}.")
     kh, kw, c_in, c_out = w.shape
     n = min(c_out, max_filters)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    rgb = c_in == 3
+    rgb = c_in == 3 and color == "auto"
     up = max(1, math.ceil(12 / max(kh, kw)))  # each weight drawn as up x up pixels
     ch, cw, gap = kh * up, kw * up, 2  # cell size and the gap between cells
     # Gaps: white between RGB filters; light blue between grey ones, so white weights stay visible.
@@ -272,11 +292,101 @@ def plot_filter_grid(
 
 
 # --------------------------------------------------------------------------------------------------
+# Top-activating patches
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_top_patches(
+    patches: ArrayLike,
+    path: PathLike,
+    *,
+    row_labels: Sequence[str],
+    patch_classes: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "Top-activating patches",
+    note: str = "",
+) -> Path:
+    """A grid of image patches: one row per channel, its top-activating patches left to right.
+
+    Patches are enlarged by pixel repetition to about 56 pixels and framed by a one-pixel grey
+    line (drawn over the patch's edge); a patch's class (when given) is written under it. Grey
+    (128) parts of a patch lie outside the image (zero padding).
+
+    Args:
+        patches: uint8 ``[R, K, ph, pw, 3]`` (from :func:`nm_hebb_jax.eval.patches.crop_patches`).
+        path: output PNG path.
+        row_labels: ``R`` labels, drawn left of the rows (e.g. ``'ch 12 · SI 0.41'``).
+        patch_classes: optional int ``[R, K]`` class ids (``-1`` = none).
+        class_names: names indexed by class id for ``patch_classes``.
+        title: figure title.
+        note: a second, smaller title line (e.g. how the rows were chosen).
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: on inconsistent shapes.
+    """
+    p = np.asarray(patches)
+    if p.ndim != 5 or p.shape[-1] not in (1, 3) or len(row_labels) != p.shape[0]:
+        raise ValueError(
+            f"need patches [R, K, ph, pw, 3] and R row labels, got {p.shape} and {len(row_labels)}"
+        )
+    if p.shape[-1] == 1:
+        p = np.repeat(p, 3, axis=-1)
+    rows, cols, ph, pw = p.shape[:4]
+    up = max(1, round(56 / max(ph, pw)))
+    ch, cw = ph * up, pw * up
+    gap_x, gap_y = 4, (14 if patch_classes is not None else 4)
+    height, width = rows * (ch + gap_y), cols * (cw + gap_x) - gap_x
+    mosaic = np.full((height, width, 3), 255, np.uint8)
+    for r in range(rows):
+        for k in range(cols):
+            img = np.repeat(np.repeat(p[r, k], up, axis=0), up, axis=1)
+            y, x = r * (ch + gap_y), k * (cw + gap_x)
+            mosaic[y : y + ch, x : x + cw] = img
+            # a one-pixel grey frame, so white patches stay visible on the white page
+            mosaic[y : y + ch, [x, x + cw - 1]] = 150
+            mosaic[[y, y + ch - 1], x : x + cw] = 150
+    inch = 1.0 / 100.0  # mosaic pixels drawn at about 100 per inch
+    fig = _new_figure(max(4.0, width * inch + 1.6), height * inch + 0.9)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (ch + gap_y) + ch / 2 for r in range(rows)])
+    ax.set_yticklabels(list(row_labels), fontsize=7)
+    ax.tick_params(axis="y", length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if patch_classes is not None:
+        classes = np.asarray(patch_classes)
+        for r in range(rows):
+            for k in range(cols):
+                c = int(classes[r, k])
+                if c < 0:
+                    continue
+                name = class_names[c] if class_names is not None and c < len(class_names) else c
+                ax.text(
+                    k * (cw + gap_x) + cw / 2,
+                    r * (ch + gap_y) + ch + 1,
+                    str(name)[:12],
+                    ha="center",
+                    va="top",
+                    fontsize=5.5,
+                    color="0.25",
+                )
+    ax.set_xlabel(f"the {cols} images with the strongest response, strongest first", fontsize=8)
+    chars = max(50, int(width * inch * 14))  # about 14 characters of 8-point text per inch
+    lines = [title, *textwrap.wrap(note, chars)] if note else [title]
+    ax.set_title("\n".join(lines), fontsize=8.5)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
 # Training curves
 # --------------------------------------------------------------------------------------------------
 
 _BOOKKEEPING = frozenset({"step", "epoch", "time", "wall_time", "timestamp", "elapsed"})
-_GROUP_ORDER = ("loss", "accuracy", "gate", "terms")
 _GROUP_YLABEL = {
     "loss": "loss",
     "accuracy": "accuracy",
@@ -336,33 +446,129 @@ def _load_records(records: Iterable[Record] | PathLike) -> list[Record]:
     return list(records)
 
 
+# Panels of the known metric names (the part after ``train/`` / ``val/``), in drawing order:
+# panel id -> (title, y label, y scale: 'auto' = log when positive and spanning > 1.5 decades).
+_PANELS: dict[str, tuple[str, str, str]] = {
+    "loss": ("Loss", "loss", "auto"),
+    "accuracy": ("Accuracy", "Top-1", "linear"),
+    "terms_raw": ("Loss terms, raw", "term value (log)", "log"),
+    "terms_weighted": ("Loss terms as they enter the loss (× λ, × ν)", "term value (log)", "log"),
+    "gate": ("Gate ν", "ν", "linear"),
+    "hypergrad": ("Hypergradient h = −η⟨g_CE,t+1, g_R,t⟩, mean per φ update", "h", "linear"),
+    "hypergrad_scaled": ("Normalised h̃ = h / RMS(h), mean per φ update", "h̃", "linear"),
+    "lr": ("Learning rate", "η", "linear"),
+    "grad_norm": ("Gradient norm (backbone)", "‖g‖₂", "auto"),
+}
+# Throughput and bookkeeping: not drawn unless asked for through ``keys``.
+_HIDDEN = frozenset({"steps_per_s", "hyper_applied", "gate_input"})
+_TERM_LABELS = {
+    "ce": "CE",
+    "hebb": "R_Hebb",
+    "ewc": "R_EWC",
+    "pair": "pairwise",
+    "gate_prior": "KL gate prior",
+    "center": "center",
+    "supcon": "SupCon",
+}
+_TERM_ORDER = tuple(_TERM_LABELS)
+
+
+def _panel_of(key: str) -> str | None:
+    """The panel of a metric key (``None`` = not drawn by default); unknown keys by group."""
+    name = key.split("/", 1)[1] if "/" in key else key
+    if name == "loss":
+        return "loss"
+    if name.startswith("terms/"):
+        return "terms_weighted" if name.endswith("_weighted") else "terms_raw"
+    if name == "gate" or name.startswith("nm/gate_at_ce="):
+        return "gate"
+    if name in _PANELS:
+        return name
+    if name in _HIDDEN:
+        return None
+    return _group_of(key)
+
+
+def _label(key: str, panel: str) -> str:
+    """Legend label: term names spelt out, ``train/``/``val/`` kept where both occur."""
+    name = key.split("/", 1)[1] if "/" in key else key
+    split = key.split("/", 1)[0] if "/" in key else ""
+    if panel.startswith("terms_"):
+        term = name[len("terms/") :].removesuffix("_weighted")
+        return _TERM_LABELS.get(term, term)
+    if name.startswith("nm/gate_at_ce="):
+        return f"ν(L_CE = {name.split('=', 1)[1]})"
+    if panel == "gate":
+        return "ν of the batch"
+    return f"{split} {name}".strip() if split else name
+
+
+def _term_colour(key: str) -> str:
+    """One colour per loss term, the same in the raw and the weighted panel."""
+    term = key.split("terms/", 1)[1].removesuffix("_weighted")
+    index = (
+        _TERM_ORDER.index(term)
+        if term in _TERM_ORDER
+        else len(_TERM_ORDER) + sum(map(ord, term)) % 3
+    )
+    return f"C{index % 10}"
+
+
+def _per_update(series: dict[str, tuple[list[float], list[float]]], rows: list[Record]) -> None:
+    """Hypergradient means per φ update instead of per step, in place.
+
+    The trainer logs each key's mean over the steps of a log window, and h is 0 on the steps that
+    do not update φ; dividing by the window's ``hyper_applied`` (the fraction of steps that did)
+    gives the mean h of the updates. Windows without an update are dropped.
+    """
+    for key in [k for k in series if k.rsplit("/", 1)[-1] in ("hypergrad", "hypergrad_scaled")]:
+        applied_key = key.rsplit("/", 1)[0] + "/hyper_applied" if "/" in key else "hyper_applied"
+        applied = {}
+        for row in rows:
+            a = _as_scalar(row.get(applied_key))
+            if a is not None:
+                applied[_as_scalar(row["step"])] = a
+        if not applied:
+            continue
+        xs, ys = series[key]
+        kept = [(x, y / applied[x]) for x, y in zip(xs, ys, strict=True) if applied.get(x, 0) > 0]
+        series[key] = ([x for x, _ in kept], [y for _, y in kept])
+
+
 def plot_training_curves(
     records: Iterable[Record] | PathLike,
     path: PathLike,
     *,
     keys: Sequence[str] | None = None,
     title: str = "Training curves",
+    phase_starts: Sequence[int] = (),
 ) -> Path:
-    """Metric curves against the training step, one subplot per metric group.
+    """Metric curves against the training step, one panel per kind of metric.
 
-    Keys are grouped by name: ``split/group/name`` keys (three or more parts, e.g.
-    ``train/terms/hebb``) go to ``group``; two-part keys by their last part: names containing
-    ``loss`` -> "loss", Top-k / accuracy names (``top1``, ``knn_top1``, ``acc``) -> "accuracy",
-    others (``gate``, ``nmi``, ``lr`` ...) each to their own group. Groups appear in the order loss,
-    accuracy, gate, terms, then alphabetically. A key may be missing from any record (e.g.
-    ``val/top1`` logged once per epoch): each curve uses the records that hold it, sorted by step;
-    series with at most 50 points get markers. A group whose values are all positive and span more
-    than three decades is drawn on a log y-axis (raw vs. weighted loss terms).
+    The trainer's keys (``train/<name>``, ``val/<name>``) go to fixed panels, in this order:
+    loss (train and validation), accuracy (``top1``, ``knn_top1``, ...), the loss terms raw
+    (``train/terms/<t>``) and as they enter the loss (``train/terms/<t>_weighted``), both on a
+    log axis with one colour per term, the gate ν (of each batch, and the learned function at
+    the logged reference losses ``nm/gate_at_ce=<L>``), the hypergradient h and its normalised
+    form (averaged over the φ updates of each log window, see :func:`_per_update`), the learning
+    rate and the gradient norm. Other keys get a panel per group (see
+    :func:`_group_of`), after those; throughput and bookkeeping (``steps_per_s``,
+    ``hyper_applied``, ``gate_input``, and ``nonfinite_steps`` while it is 0) are left out unless
+    named in ``keys``. On a log axis values ≤ 0 (a term that is off) are not drawn. A key may be
+    missing from any record (e.g. ``val/top1`` logged once per evaluation): each curve uses the
+    records that hold it, sorted by step; series of at most 50 points get markers. Each
+    ``phase_starts`` step is a dashed vertical line on every panel.
 
     Args:
         records: a sequence of dicts each with a ``'step'`` key and scalar metric values (Python,
             numpy or jax scalars), or the path of a JSON-lines file with one such dict per line.
             Records without ``'step'`` and non-scalar values are ignored.
         path: output PNG path.
-        keys: metric keys to draw (in this order within each group); ``None`` draws every scalar key
-            except ``step`` and bookkeeping keys (``epoch``, ``time``, ``wall_time``, ``timestamp``,
-            ``elapsed``).
+        keys: metric keys to draw (in this order within each panel); ``None`` draws every scalar
+            key but ``step``, bookkeeping (``epoch``, ``time``, ``wall_time``, ``timestamp``,
+            ``elapsed``) and the throughput keys above.
         title: figure title.
+        phase_starts: steps at which a phase begins (e.g. ``[240]`` for phase 2), marked.
 
     Returns:
         The path of the written PNG.
@@ -387,33 +593,108 @@ def plot_training_curves(
                 ys.append(v)
     if not series:
         raise ValueError("plot_training_curves: no scalar metric values found in the records.")
+    _per_update(series, rows)
     order = wanted if wanted is not None else sorted(series)
-    groups: dict[str, list[str]] = {}
+    panels: dict[str, list[str]] = {}
     for key in order:
-        if key in series:
-            groups.setdefault(_group_of(key), []).append(key)
-    names = sorted(groups, key=lambda g: (_GROUP_ORDER.index(g) if g in _GROUP_ORDER else 99, g))
+        if key not in series:
+            continue
+        panel = _panel_of(key)
+        if wanted is None and panel is None:
+            continue
+        if wanted is None and key.endswith("nonfinite_steps") and not any(series[key][1]):
+            continue
+        panels.setdefault(panel or _group_of(key), []).append(key)
+    known = list(_PANELS)
+    names = sorted(panels, key=lambda g: (known.index(g) if g in known else len(known), g))
+    for group in ("terms_raw", "terms_weighted"):  # terms in a fixed order, CE first
+        if group in panels:
+            panels[group].sort(
+                key=lambda k: (
+                    _TERM_ORDER.index(t)
+                    if (t := k.split("terms/", 1)[1].removesuffix("_weighted")) in _TERM_ORDER
+                    else 99,
+                    k,
+                )
+            )
 
+    steps = np.concatenate([np.asarray(series[k][0]) for g in names for k in panels[g]])
+    pad = max(1.0, 0.02 * float(steps.max() - steps.min()))
+    x_range = (float(steps.min()) - pad, float(steps.max()) + pad)  # one step axis for all
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = _new_figure(5.0 * ncols, 3.6 * nrows + 0.5)
+    fig = Figure(figsize=(5.0 * ncols, 3.3 * nrows + 0.4), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
     for i, group in enumerate(names):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        values = []
-        for key in groups[group]:
-            xs, ys = (np.asarray(v) for v in series[key])
+        title_text, ylabel, scale = _PANELS.get(
+            group, (group, _GROUP_YLABEL.get(group, group), "auto")
+        )
+        finite = np.concatenate(
+            [np.asarray(series[k][1])[np.isfinite(series[k][1])] for k in panels[group]]
+        )
+        positive = finite.size > 0 and finite.min() > 0
+        log = scale == "log" or (
+            scale == "auto" and positive and finite.max() / finite.min() > 10**1.5
+        )
+        hidden = False
+        factor = 1.0  # tiny values (the hypergradient, ~1e-5) are drawn in units of 10^e
+        peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+        if not log and group.startswith("hypergrad") and 0 < peak and not 1e-2 <= peak < 1e3:
+            factor = 10.0 ** math.floor(math.log10(peak))
+            ylabel = f"{ylabel} (× {factor:.0e})".replace("e-0", "e-").replace("e+0", "e")
+        for key in panels[group]:
+            xs, ys = (np.asarray(v, dtype=np.float64) for v in series[key])
+            ys = ys / factor
             idx = np.argsort(xs, kind="stable")
-            marker = "o" if xs.size <= 50 else None
-            ax.plot(xs[idx], ys[idx], marker=marker, markersize=3, linewidth=1.2, label=key)
-            values.append(ys[np.isfinite(ys)])
-        finite = np.concatenate(values)
-        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 1e3:
+            xs, ys = xs[idx], ys[idx]
+            if log:
+                keep = ys > 0
+                hidden |= bool((~keep).any())
+                xs, ys = xs[keep], ys[keep]
+                if not xs.size:
+                    continue
+            style = {"marker": "o" if xs.size <= 50 else None, "markersize": 3, "linewidth": 1.3}
+            if group.startswith("terms_"):
+                style["color"] = _term_colour(key)
+            if key.split("/", 1)[-1].startswith("nm/gate_at_ce="):
+                style.update(linestyle="--", marker=None, linewidth=1.1)
+            if key.startswith("val/"):
+                style["linewidth"] = 1.8
+            ax.plot(xs, ys, label=_label(key, group), **style)
+        if log:
             ax.set_yscale("log")
-        ax.set_title(group)
+        elif group.startswith("hypergrad"):
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_xlim(*x_range)
+        for start in phase_starts:
+            ax.axvline(start, color="0.35", linestyle=":", linewidth=1.0)
+        if phase_starts and i == 0:
+            for start in phase_starts:
+                ax.annotate(
+                    " phase 2" if len(phase_starts) == 1 else f" step {start}",
+                    (start, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    va="top",
+                    fontsize=8,
+                    color="0.35",
+                )
+        ax.set_title(title_text, fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylabel(_GROUP_YLABEL.get(group, group))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3, which="major")
+        if hidden:
+            ax.text(
+                0.99,
+                0.01,
+                "values ≤ 0 not drawn",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="0.4",
+            )
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.suptitle(title, fontsize=12)
     return _save(fig, path)

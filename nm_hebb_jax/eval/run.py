@@ -102,6 +102,37 @@ class LoadedRun:
         _, state = model.apply(self.variables, x, train=False, mutable=["intermediates"])
         return np.asarray(collect_taps(state["intermediates"], (layer,))[layer][1], np.float32)
 
+    def tap_activations(self, images, layer: str):
+        """Yields the activation ``[B, h, w, C]`` of conv layer ``layer`` batch by batch.
+
+        The activation is the one the Hebbian term reads (``hebb.activation`` of the run).
+        """
+        model = self.model.clone(hebb_layers=(layer,))
+
+        @jax.jit
+        def tap(variables, x):
+            _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+            return collect_taps(state["intermediates"], (layer,))[layer][0]
+
+        for x, real in self._batches(images):
+            yield np.asarray(tap(self.variables, jnp.asarray(x)), np.float32)[:real]
+
+    def receptive_field(self, layer: str):
+        """The input region each position of ``layer``'s activation sees (measured by gradient).
+
+        Returns:
+          A :class:`nm_hebb_jax.eval.patches.ReceptiveField` in input pixels.
+        """
+        from nm_hebb_jax.eval.patches import receptive_field_from_gradient
+
+        model = self.model.clone(hebb_layers=(layer,))
+
+        def fn(x):
+            _, state = model.apply(self.variables, x, train=False, mutable=["intermediates"])
+            return collect_taps(state["intermediates"], (layer,))[layer][0].astype(jnp.float32)
+
+        return receptive_field_from_gradient(fn, tuple(self.meta["data"]["image_shape"]))
+
     def tap_statistics(self, images, labels, layers) -> dict:
         """Kernels and class-mean activations of the tapped ``layers`` over ``images``.
 
@@ -131,7 +162,7 @@ class LoadedRun:
         return {name: (kernels[name], acc[name].result()) for name in layers}
 
     def evaluate(self, data=None, *, split: str | None = None, knn_bank=None) -> dict:
-        """Top-1, NMI, kNN Top-1 and filter metrics (METHOD.md "Metrics").
+        """Top-1, NMI, kNN Top-1 and filter metrics (docs/method.md, "Metrics").
 
         Args:
           data: ``(images, labels)`` arrays, or None for the config's eval split (``split``).

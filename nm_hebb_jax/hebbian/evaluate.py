@@ -3,8 +3,11 @@
 ``evaluate_hebbian_workdir(workdir)`` restores the run's checkpoint (latest, or ``step``), fits the
 per-layer readouts on the training split (``config.decode``) and scores them on the evaluation
 split (``config.data.eval_split``, another split name, or a split of any project-format ``.npz``
-file, e.g. a held-out ``test`` file), then writes each layer's filters (``plot_filter_grid``) and
-``results.json`` to ``DIR/eval/<split>_step<N>/``. ``python -m nm_hebb_jax.evaluate --workdir=DIR``
+file, e.g. a held-out ``test`` file), then writes ``results.json`` and pictures to
+``DIR/eval/<split>_step<N>/``: the first layer's filters (``filters_layer1.png``) and, for every
+layer, the top-activating image patches of its most class-selective channels
+(``top_patches_layer<l>.png``; a deeper layer's weights act on feature maps, so drawing them
+shows little). ``python -m nm_hebb_jax.evaluate --workdir=DIR``
 dispatches here for runs whose ``config.json`` has ``kind='hebbian_cnn'``.
 
 Reference: Miconi, "Hebbian learning with gradients", arXiv:2107.01729, 2021.
@@ -15,14 +18,58 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nm_hebb_jax.data import build_dataset, load_npz_split
+from nm_hebb_jax.data.zca import apply_zca
+from nm_hebb_jax.eval import patches as patches_lib
 from nm_hebb_jax.eval import plots
 from nm_hebb_jax.hebbian import decode as decode_lib
+from nm_hebb_jax.hebbian import layers
 from nm_hebb_jax.hebbian import train as train_lib
 from nm_hebb_jax.hebbian.model import from_config
 from nm_hebb_jax.train.writer import provenance, read_config
+
+PATCH_ROWS = 12  # channels per top-activating-patches picture
+PATCH_COLUMNS = 8  # patches per channel
+
+
+def receptive_field(model, layer: int) -> patches_lib.ReceptiveField:
+    """The input region each position of layer ``layer``'s (0-based) pre-pool map sees."""
+    stack = []
+    for i, spec in enumerate(model.specs[: layer + 1]):
+        if i:
+            stack.append((model.specs[i - 1].pool, model.specs[i - 1].pool, 0))
+        stack.append((spec.kernel_size, 1, 0))
+    return patches_lib.receptive_field_of_stack(stack)
+
+
+def _layer_responses(model, params, zca, images, config) -> list[list[np.ndarray]]:
+    """Per layer, the batches of its pre-pool response ``u − θ`` ``[B, H_l, W_l, N_l]``."""
+
+    @jax.jit
+    def responses(params, zca, x):
+        x = apply_zca(x, zca)
+        out = []
+        for spec, p in zip(model.specs, params, strict=True):
+            fwd = layers.layer_forward(spec, p, x)
+            out.append(fwd["u"] - p["threshold"])
+            x = fwd["out"]
+        return out
+
+    batch_size = int(config.decode.batch_size)
+    per_layer: list[list[np.ndarray]] = [[] for _ in model.specs]
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        real = len(batch)
+        if real < batch_size:  # one shape, one compilation
+            pad = np.zeros((batch_size - real, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        for i, r in enumerate(responses(params, zca, jnp.asarray(batch))):
+            per_layer[i].append(np.asarray(r, np.float32)[:real])
+    return per_layer
 
 
 def evaluate_hebbian_workdir(
@@ -41,11 +88,12 @@ def evaluate_hebbian_workdir(
       data: an ``.npz`` file in the project format to score instead of the run's split.
       split: split name (of ``data``, default ``'test'``; else of the run's dataset, default the
         config's ``data.eval_split``).
-      make_plots: write the filter pictures.
+      make_plots: write the pictures.
 
     Returns:
       JSON-able dict: ``decode/layer{l}/ridge`` and ``.../logistic`` accuracies, ``split``,
-      ``step``, ``kind``, ``pictures`` (layer name -> PNG path) and ``provenance``.
+      ``step``, ``kind``, ``pictures`` (``layer1_filters`` and ``layer<l>`` -> PNG path) and
+      ``provenance``.
 
     Raises:
       FileNotFoundError: no config or checkpoint; ValueError: mismatched data (one line).
@@ -84,15 +132,47 @@ def evaluate_hebbian_workdir(
     os.makedirs(outdir, exist_ok=True)
     pictures = {}
     if make_plots:
-        for i, p in enumerate(params):
-            kernel = np.asarray(p["kernel"])
+        images, labels = evaluation
+        # Whole-image ZCA keeps equal channels equal, so greyscale data leaves only the sum acting.
+        grey = plots.is_greyscale(images)
+        pictures["layer1_filters"] = str(
+            plots.plot_filter_grid(
+                np.asarray(params[0]["kernel"]),
+                os.path.join(outdir, "filters_layer1.png"),
+                max_filters=int(config.eval.max_filters),
+                title=f"Hebbian CNN layer-1 filters (step {step}; input ZCA-whitened"
+                + ("; greyscale inputs)" if grey else ")"),
+                color="grey" if grey else "auto",
+            )
+        )
+        names = list(dataset.class_names) if dataset.class_names else None
+        for i, acts in enumerate(_layer_responses(model, params, zca, images, config)):
             name = f"layer{i + 1}"
+            chosen = patches_lib.select_channels(
+                acts, labels, dataset.num_classes, rows=PATCH_ROWS, k=PATCH_COLUMNS
+            )
+            field = receptive_field(model, i)
+            crops = patches_lib.crop_patches(
+                np.asarray(images), chosen.index, chosen.position, field
+            )
+            idx = np.maximum(chosen.index, 0)
+            classes = np.where(chosen.index >= 0, np.asarray(labels)[idx], -1)
             pictures[name] = str(
-                plots.plot_filter_grid(
-                    kernel,
-                    os.path.join(outdir, f"filters_{name}.png"),
-                    max_filters=int(config.eval.max_filters),
-                    title=f"Hebbian CNN {name} filters (step {step})",
+                plots.plot_top_patches(
+                    crops,
+                    os.path.join(outdir, f"top_patches_{name}.png"),
+                    row_labels=[
+                        f"ch {c} · SI {si:.2f}"
+                        for c, si in zip(chosen.channels, chosen.selectivity, strict=True)
+                    ],
+                    patch_classes=classes,
+                    class_names=names,
+                    title=f"Hebbian CNN {name}: top-activating patches ({split}, step {step})",
+                    note=(
+                        f"response u − θ; the {len(chosen.channels)} most class-selective of "
+                        f"{chosen.num_channels} channels (SI: class selectivity index); "
+                        f"receptive field {field.size[0]}x{field.size[1]} px"
+                    ),
                 )
             )
     out = {

@@ -9,7 +9,9 @@ sharded target) and ``meta`` (JSON: phase, step, model, method, dataset, metrics
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging as std_logging
 import os
 import warnings
 from collections.abc import Callable
@@ -21,6 +23,32 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 PyTree = Any
+
+
+class _ReadOnlyNoticeFilter(std_logging.Filter):
+    """Drops orbax's "Given directory is read only" notice, which every read-only manager logs.
+
+    Matched by its exact format string and orbax's own source file, so no other record (and no
+    other orbax warning) is hidden.
+    """
+
+    _MESSAGE = "Given directory is read only=%s"
+    _SOURCE = os.path.join("orbax", "checkpoint", "checkpoint_manager.py")
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (record.msg == self._MESSAGE and record.pathname.endswith(self._SOURCE))
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    """Silences :class:`_ReadOnlyNoticeFilter`'s notice on absl's logger while managers open."""
+    logger = std_logging.getLogger("absl")
+    notice = _ReadOnlyNoticeFilter()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def _handlers() -> dict:
@@ -43,20 +71,28 @@ class Checkpointer:
             read_only=read_only,
             enable_async_checkpointing=False,
             cleanup_tmp_directories=not read_only,  # leftovers of a save killed midway
+            # Read-only: the values orbax would otherwise force (and warn about) itself.
+            save_interval_steps=0 if read_only else 1,
         )
-        self.latest = ocp.CheckpointManager(
-            os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
-            item_handlers=_handlers(),
-        )
-        best_dir = os.path.join(self.workdir, "best")
-        self.best = None
-        if not read_only or os.path.isdir(best_dir):
-            self.best = ocp.CheckpointManager(
-                best_dir,
-                options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts),
+        quiet = _quiet_read_only_notice() if read_only else contextlib.nullcontext()
+        with quiet:
+            self.latest = ocp.CheckpointManager(
+                os.path.join(self.workdir, "checkpoints"),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=None if read_only else keep, **opts
+                ),
                 item_handlers=_handlers(),
             )
+            best_dir = os.path.join(self.workdir, "best")
+            self.best = None
+            if not read_only or os.path.isdir(best_dir):
+                self.best = ocp.CheckpointManager(
+                    best_dir,
+                    options=ocp.CheckpointManagerOptions(
+                        max_to_keep=None if read_only else 1, **opts
+                    ),
+                    item_handlers=_handlers(),
+                )
 
     def latest_step(self) -> int | None:
         """The newest regular checkpoint's step, or None."""
