@@ -4,10 +4,11 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nm_hebb_jax.config_base import METHODS
+from nm_hebb_jax.models import MODEL_NAMES, get_model, smoke_overrides
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.checkpoint import Checkpointer
@@ -19,6 +20,7 @@ from nm_hebb_jax.train.loop import (
     build_run,
     train_and_evaluate,
 )
+from nm_hebb_jax.train.methods import METHODS
 from tests.util import ROOT, assert_trees_close, load_config, restore_params
 
 CONFIGS = ("cifar10", "cifar100", "tinyimagenet", "quickstart")
@@ -37,6 +39,36 @@ def test_every_config_loads_locks_and_documents_its_command(name):
     assert f"python main.py --config=configs/{name}.py" in doc
     with pytest.raises(ValueError, match="unknown config argument"):
         load_config(name, "smoke,nonsense")
+
+
+def _parse_cli(*args):
+    """The config ``main.py`` would train with these flags (parsed by absl, locked)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["main.py", *args]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_smoke_then_a_model_name_override_builds_that_backbones_tiny_variant(name):
+    """``--config=configs/cifar10.py:smoke --config.model.name=X`` trains X's tiny variant, as
+    ``:smoke,X`` does (issue 22: the tiny ResNet's overrides used to stay and were refused)."""
+    path = os.path.join(ROOT, "configs", "cifar10.py")
+    by_field = _parse_cli(f"--config={path}:smoke", f"--config.model.name={name}")
+    by_arg = _parse_cli(f"--config={path}:{name},smoke")
+    mesh = S.make_mesh(jax.devices()[:1])
+    models = [build_run(c, mesh=mesh).model for c in (by_field, by_arg)]
+    assert models[0] == models[1]
+    assert type(models[0]) is type(get_model(name, num_classes=10))
+    for field, value in smoke_overrides(name).items():
+        assert getattr(models[0], field) == value, field
+    # an explicit override still applies on top of the tiny variant
+    c = _parse_cli(f"--config={path}:smoke", "--config.model.dtype=bfloat16")
+    assert build_run(c, mesh=mesh).model.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -125,6 +125,7 @@ class DenseNet(Backbone):
     init_features: int | None = None
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {"block_sizes": (1, 1), "growth_rate": 4}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -196,6 +196,15 @@ class EfficientNetV2(Backbone):
     stem_strides: int = 1
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {
+        "stages": (
+            ("fused", 1, 3, 1, 8, 1),
+            ("fused", 4, 3, 2, 16, 2),
+            ("mbconv", 4, 3, 2, 16, 2),
+        ),
+        "stem_features": 8,
+        "head_features": 32,
+    }
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -597,6 +597,9 @@ class Backbone(nn.Module):
 
     #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
     default_hebb_layer: ClassVar[str] = ""
+    #: The tiny variant for CI (``get_model(..., smoke=True)``, the configs' ``:smoke``): width and
+    #: depth fields that make the model compile and run in seconds.
+    smoke_overrides: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
         """Checks ``hebb_activation`` and makes ``hebb_layers`` a tuple (one-line errors)."""

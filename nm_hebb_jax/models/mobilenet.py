@@ -108,6 +108,11 @@ class MobileNetV2(Backbone):
     width_mult: float = 1.0
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {
+        "cfg": ((1, 8, 1, 1), (2, 16, 2, 1), (2, 16, 1, 2)),
+        "stem_features": 8,
+        "head_features": 32,
+    }
 
     def _width(self, channels: int) -> int:
         if self.width_mult == 1.0:

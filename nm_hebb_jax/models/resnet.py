@@ -82,6 +82,7 @@ class ResNet(Backbone):
     width: int = 64
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {"stage_sizes": (1, 1, 1, 1), "width": 4}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -48,6 +48,7 @@ class VGG(Backbone):
     conv_bias: bool = False
 
     default_hebb_layer: ClassVar[str] = "stage2_conv0"
+    smoke_overrides: ClassVar[dict] = {"cfg": (8, "M", 16, "M")}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

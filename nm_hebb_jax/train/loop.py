@@ -8,10 +8,8 @@ state; the data stream is a pure function of the step); one that holds a finishe
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
 import signal
 import threading
@@ -24,9 +22,7 @@ import numpy as np
 from absl import logging
 
 from nm_hebb_jax import losses
-from nm_hebb_jax.config_base import METHODS, data_config
-from nm_hebb_jax.data import build_dataset
-from nm_hebb_jax.models import get_model, validate_hebb_layers
+from nm_hebb_jax.errors import NonFiniteError, Preempted, RunError
 from nm_hebb_jax.neuromod import Neuromodulator
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
@@ -37,7 +33,6 @@ from nm_hebb_jax.train.checkpoint import (
     tree_signature,
 )
 from nm_hebb_jax.train.hypergradient import (
-    PHI_OPTIMIZERS,
     hyper_variant,
     init_hyper,
     make_phi_optimizer,
@@ -54,13 +49,22 @@ from nm_hebb_jax.train.steps import (
     make_fisher_fn,
     make_train_step,
 )
+from nm_hebb_jax.train.validate import DONATE_STATE, Run, build_run, durations, model_overrides
 from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
+__all__ = [
+    "DONATE_STATE",
+    "NonFiniteError",
+    "Preempted",
+    "Run",
+    "RunError",
+    "Trainer",
+    "build_run",
+    "durations",
+    "train_and_evaluate",
+]
+
 PyTree = Any
-
-
-#: Values of ``config.donate_state``.
-DONATE_STATE: tuple[str, ...] = ("auto", "always", "never")
 
 
 def donates_state(config) -> bool:
@@ -74,168 +78,12 @@ def donates_state(config) -> bool:
     return mode == "always" or (mode == "auto" and jax.default_backend() != "cpu")
 
 
-class RunError(ValueError):
-    """A problem with the run's input, reported as one line before anything is compiled."""
-
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything built from a config before training (no compilation)."""
-
-    config: Any
-    dataset: Any
-    model: Any
-    num_classes: int
-    hebb_layers: tuple[str, ...]
-    steps: tuple[int, int]
-    mesh: Any
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps[0] + self.steps[1]
-
-
-def phase_steps(phase_cfg, steps_per_epoch: int) -> int:
-    """A phase's step count: ``num_steps`` when ≥ 0, else ``round(epochs × steps_per_epoch)``."""
-    if phase_cfg.num_steps >= 0:
-        return int(phase_cfg.num_steps)
-    return int(round(phase_cfg.epochs * steps_per_epoch))
-
-
-def _dtype(name: str):
-    if name not in ("float32", "bfloat16"):
-        raise RunError(f"unknown model.dtype {name!r}; use 'float32' or 'bfloat16'")
-    return jnp.float32 if name == "float32" else jnp.bfloat16
-
-
-def _check_settings(config, mesh) -> None:
-    """One-line RunError for settings that would otherwise fail (or silently diverge) only after
-    compilation: learning rates, durations, intervals, EWC sizes, the P×K batch, the eval batch."""
-
-    def number(name: str, value, *, minimum: float = 0.0) -> None:
-        if not math.isfinite(float(value)) or float(value) < minimum:
-            raise RunError(f"{name}={value!r} must be a finite number >= {minimum:g}")
-
-    def count(name: str, value) -> None:
-        if int(value) < 1:
-            raise RunError(f"{name}={value} must be a positive integer")
-
-    for name in ("base_lr", "warmup_epochs", "momentum", "weight_decay", "grad_clip"):
-        number(f"optim.{name}", config.optim[name])
-    number("phase2.lr_factor", config.phase2.lr_factor)
-    number("ewc.refresh_epochs", config.ewc.refresh_epochs)
-    for phase in ("phase1", "phase2"):
-        if config[phase].num_steps < -1:
-            raise RunError(
-                f"{phase}.num_steps={config[phase].num_steps} must be >= 0, or -1 to derive it "
-                f"from {phase}.epochs"
-            )
-        if config[phase].num_steps == -1:
-            number(f"{phase}.epochs", config[phase].epochs)
-    for group, name in (
-        ("eval", "batch_size"),
-        ("log", "every_steps"),
-        ("log", "eval_every_steps"),
-        ("ckpt", "every_steps"),
-        ("ewc", "fisher_examples"),
-        ("ewc", "chunk_size"),
-    ):
-        count(f"{group}.{name}", config[group][name])
-    n = mesh.devices.size * jax.process_count()
-    if config.eval.batch_size % n:
-        raise RunError(
-            f"eval.batch_size {config.eval.batch_size} is not divisible by the {mesh.devices.size} "
-            f"devices ({jax.process_count()} processes); set --config.eval.batch_size to a "
-            f"multiple of {n}"
-        )
-    if config.hebb.stop_gradient not in losses.STOP_GRADIENT_MODES:
-        raise RunError(
-            f"unknown hebb.stop_gradient {config.hebb.stop_gradient!r}; use one of "
-            f"{', '.join(map(repr, losses.STOP_GRADIENT_MODES))}"
-        )
-    terms = M.method_terms(config, 2)
-    k = config.phase2.k_per_class
-    if config.phase2.balanced and ("pair" in terms or "supcon" in terms):
-        if not 1 <= k <= config.batch_size:
-            raise RunError(
-                f"phase2.k_per_class={k} must be in [1, batch_size={config.batch_size}] for the "
-                "class-balanced (P×K) batches of phase 2"
-            )
-
-
-def build_run(config, *, mesh=None) -> Run:
-    """Validates the config and builds data, model and mesh (one-line RunError on bad input)."""
-    if config.method not in METHODS:
-        raise RunError(
-            f"unknown method {config.method!r}; set --config.method to one of {', '.join(METHODS)}"
-        )
-    if config.batch_size <= 0:
-        raise RunError(f"batch_size must be positive, got {config.batch_size}")
-    if config.get("donate_state", "auto") not in DONATE_STATE:
-        raise RunError(
-            f"donate_state={config.donate_state!r} is not supported; use one of {DONATE_STATE}"
-        )
-    mesh = mesh or S.make_mesh()
-    _check_settings(config, mesh)
-    try:
-        S.check_batch_size(config.batch_size, mesh)
-        dataset = build_dataset(
-            data_config(config),
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        num_classes = int(config.data.num_classes or dataset.num_classes)
-        model = get_model(
-            config.model.name,
-            num_classes=num_classes,
-            hebb_activation=config.hebb.activation,
-            dtype=_dtype(config.model.dtype),
-            **dict(config.model.overrides),
-        )
-        hebb_layers = tuple(config.hebb.layers) or (model.default_hebb_layer,)
-        validate_hebb_layers(model, hebb_layers)
-        for phase in (1, 2):
-            M.method_terms(config, phase)
-        if config.nm.gate_learning not in ("hypergradient", "joint_prior", "fixed"):
-            raise RunError(
-                f"unknown nm.gate_learning {config.nm.gate_learning!r}; "
-                "use 'hypergradient', 'joint_prior' or 'fixed'"
-            )
-        hyper_variant(0, config.nm.hyper_every, config.nm.hyper_g_r)  # checks nm.hyper_g_r
-        if config.nm.phi_optimizer not in PHI_OPTIMIZERS:
-            raise RunError(
-                f"unknown nm.phi_optimizer {config.nm.phi_optimizer!r}; use one of "
-                f"{', '.join(map(repr, PHI_OPTIMIZERS))}"
-            )
-        if not 0.0 <= config.nm.hyper_norm_decay < 1.0:
-            raise RunError(f"nm.hyper_norm_decay={config.nm.hyper_norm_decay} must be in [0, 1)")
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
-    if config.batch_size > dataset.train_size:
-        raise RunError(
-            f"batch_size={config.batch_size} is larger than the {dataset.train_size} training "
-            f"examples of {config.data.name}: lower --config.batch_size"
-        )
-    spe = dataset.steps_per_epoch(config.batch_size)
-    steps = (phase_steps(config.phase1, spe), phase_steps(config.phase2, spe))
-    if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
-        raise RunError(
-            f"init_from {config.init_from!r} does not exist; pass a workdir that holds a checkpoint"
-        )
-    return Run(config, dataset, model, num_classes, hebb_layers, steps, mesh)
-
-
 def _model_meta(run: Run, abstract_backbone) -> dict:
     sig = json.dumps(tree_signature(abstract_backbone), sort_keys=True)
     return {
         "name": run.config.model.name,
         "num_classes": run.num_classes,
-        "overrides": {k: str(v) for k, v in dict(run.config.model.overrides).items()},
+        "overrides": {k: str(v) for k, v in model_overrides(run.config).items()},
         "signature": hashlib.sha256(sig.encode()).hexdigest()[:16],
     }
 
@@ -265,7 +113,6 @@ class Trainer:
         self.centers = M.uses_centers(cfg)
         self.neuromod = Neuromodulator(hidden=cfg.nm.hidden)
         self.phi_tx = make_phi_optimizer(cfg.nm.phi_optimizer, cfg.nm.lr)
-        self.spe = run.dataset.steps_per_epoch(cfg.batch_size)
         self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
         self.compiled: dict[str, Any] = {}
         self.eval_step = jax.jit(make_eval_step(run.model))
@@ -351,7 +198,7 @@ class Trainer:
         plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
         n = run.steps[phase - 1]
         lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
-        warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
+        warmup = run.durations.warmup_steps if phase == 1 else 0
         schedule = make_schedule(lr, n, warmup)
         tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
         return plan, tx, schedule
@@ -454,10 +301,6 @@ def _check_meta(meta: dict, workdir: str, run: Run, model_meta: dict) -> None:
             f"workdir {workdir} holds a {meta.get('method')} run on {meta.get('dataset')}, "
             f"not {cfg.method} on {cfg.data.name}; pass a new --workdir"
         )
-
-
-class Preempted(Exception):
-    """The run stopped early on request after saving a checkpoint (relaunch to continue)."""
 
 
 class StopSignal:
@@ -658,7 +501,7 @@ def _run_phase(
     """The loop of one phase, from ``state.step`` to ``end``."""
     cfg = trainer.config
     ds = trainer.run.dataset
-    refresh = max(int(round(cfg.ewc.refresh_epochs * trainer.spe)), 1)
+    refresh = trainer.run.durations.ewc_refresh_steps
     pending: list[tuple[int, dict]] = []
     t0 = time.time()
     progress = writer.progress(

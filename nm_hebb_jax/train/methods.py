@@ -18,7 +18,6 @@ import dataclasses
 from collections.abc import Callable
 
 from nm_hebb_jax import objectives as O
-from nm_hebb_jax.config_base import METHODS
 
 # Terms per phase. 'gate' = the learnable neuromodulator gates the regularisers,
 # 'fixed_gate' = ν ≡ nm.fixed_gate, 'ls' = label smoothing.
@@ -34,7 +33,8 @@ METHOD_TERMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hebb_only": (("hebb", "gate"), ("pair",)),
     "ewc_only": (("ewc", "gate"), ("pair", "ewc")),
 }
-assert set(METHOD_TERMS) == set(METHODS)
+#: The values of ``config.method``.
+METHODS: tuple[str, ...] = tuple(METHOD_TERMS)
 
 
 @dataclasses.dataclass(frozen=True)
