@@ -149,7 +149,8 @@ def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = Tru
 
     Term ``'ewc'`` = ``mean_i F̃_i (θ_i − θ*_i)²`` over the backbone parameters, with the anchor θ*
     and the diagonal Fisher F read from ``state['ewc'] = {'anchor': ..., 'fisher': ...}``
-    (:func:`nm_hebb_jax.losses.ewc_penalty`); ``'ewc_weighted'`` = ``weight · ewc``.
+    (:func:`nm_hebb_jax.losses.ewc_penalty`); ``'ewc_weighted'`` = ``weight · ewc``. The state,
+    the Fisher and its refresh: :mod:`nm_hebb_jax.train.ewc`.
 
     Args:
       objective: the objective to extend.
@@ -162,7 +163,7 @@ def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = Tru
         if "ewc" not in state:
             raise ValueError(
                 "with_ewc needs state['ewc'] = {'anchor': ..., 'fisher': ...}; "
-                "build it with nm_hebb_jax.train.init_ewc_state"
+                "build it with nm_hebb_jax.train.ewc.init_ewc_state"
             )
         r = losses.ewc_penalty(
             params["backbone"], state["ewc"]["anchor"], state["ewc"]["fisher"], normalize=normalize

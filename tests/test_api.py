@@ -11,7 +11,6 @@ LOSSES = (
     "gate_prior",
     "gate_hypergradient",
     "ewc_penalty",
-    "fisher_diagonal",
     "pairwise_contrastive_loss",
     "center_loss",
     "supervised_contrastive_loss",

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nm_hebb_jax import losses
 from nm_hebb_jax.errors import NonFiniteError, Preempted, RunError
 from nm_hebb_jax.neuromod import Neuromodulator
+from nm_hebb_jax.train import ewc as E
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.checkpoint import (
@@ -39,16 +39,11 @@ from nm_hebb_jax.train.hypergradient import (
 )
 from nm_hebb_jax.train.state import (
     TrainState,
-    init_ewc_state,
     init_params,
     make_optimizer,
     make_schedule,
 )
-from nm_hebb_jax.train.steps import (
-    make_eval_step,
-    make_fisher_fn,
-    make_train_step,
-)
+from nm_hebb_jax.train.steps import make_eval_step, make_train_step
 from nm_hebb_jax.train.validate import DONATE_STATE, Run, build_run, durations, model_overrides
 from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
@@ -116,7 +111,7 @@ class Trainer:
         self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
         self.compiled: dict[str, Any] = {}
         self.eval_step = jax.jit(make_eval_step(run.model))
-        self._fisher_loss = make_fisher_fn(run.model)
+        self.fisher_fn = E.make_fisher_fn(run.model)
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- initial state
@@ -239,30 +234,24 @@ class Trainer:
             params,
             bs,
         )
-        ewc = jax.eval_shape(init_ewc_state, params["backbone"])
+        ewc = jax.eval_shape(E.init_ewc_state, params["backbone"])
         return S.abstract_with_sharding({"train": state, "ewc": ewc}, self.repl)
 
     # ---------------------------------------------------------------- EWC
     def compute_ewc(self, state: TrainState, refresh_index: int) -> dict:
-        """Fisher (per-example CE gradients², BN in inference mode) and anchor at ``state``."""
+        """The EWC state refreshed at ``state`` (:func:`nm_hebb_jax.train.ewc.refresh`)."""
         cfg = self.config
-        images, labels = self.run.dataset.get_arrays("train")
-        n = min(cfg.ewc.fisher_examples, len(labels))
-        rng = np.random.default_rng([cfg.seed, 7, refresh_index])
-        idx = np.sort(rng.choice(len(labels), size=n, replace=False))
-        x = self.run.dataset.normalize(images[idx])
-        y = labels[idx].astype(np.int32)
-        bs = max(cfg.ewc.chunk_size, 64)
-        batches = [{"image": x[i : i + bs], "label": y[i : i + bs]} for i in range(0, n, bs)]
-        fisher = losses.fisher_diagonal(
-            self._fisher_loss,
+        ewc = E.refresh(
+            self.fisher_fn,
+            self.run.dataset,
             state.params["backbone"],
-            batches,
+            state.batch_stats,
+            seed=cfg.seed,
+            refresh_index=refresh_index,
+            num_examples=cfg.ewc.fisher_examples,
             chunk_size=cfg.ewc.chunk_size,
-            extra_args=(state.batch_stats,),
         )
-        anchor = jax.tree.map(jnp.copy, state.params["backbone"])
-        return jax.device_put({"anchor": anchor, "fisher": fisher}, self.repl)
+        return jax.device_put(ewc, self.repl)
 
     # ---------------------------------------------------------------- eval
     def evaluate(self, params, batch_stats, split: str | None = None) -> dict:
@@ -426,9 +415,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                     params, batch_stats = state.params, state.batch_stats
                 state = trainer.make_state(params, batch_stats, start, tx, plan)
                 if phase == 2 and plan.uses_ewc:
-                    ewc = trainer.compute_ewc(state, refresh_index=1_000_000)
+                    ewc = trainer.compute_ewc(state, refresh_index=E.PHASE2_REFRESH)
                 else:
-                    ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
+                    ewc = jax.device_put(E.init_ewc_state(state.params["backbone"]), trainer.repl)
             state, ewc, best_top1, val = _run_phase(
                 trainer,
                 ckpt,
@@ -555,7 +544,7 @@ def _run_phase(
     step = int(state.step)
     while step < end:
         t = step - start
-        if plan.phase == 1 and plan.uses_ewc and t > 0 and t % refresh == 0:
+        if plan.phase == 1 and plan.uses_ewc and E.refresh_due(t, refresh):
             ewc = trainer.compute_ewc(state, t // refresh)
         batch = ds.train_batch(
             step,

@@ -26,7 +26,6 @@ __all__ = [
     "HYPER_G_R_MODES",
     "hyper_variant",
     "make_eval_step",
-    "make_fisher_fn",
     "make_train_step",
     "uses_hyper_step",
 ]
@@ -192,20 +191,3 @@ def make_eval_step(model) -> Callable:
         }
 
     return eval_step
-
-
-def make_fisher_fn(model) -> Callable:
-    """Per-example CE loss ``(backbone_params, example, batch_stats) -> scalar`` for the Fisher.
-
-    BatchNorm runs in inference mode (METHOD.md: per-example gradients, BN in inference mode).
-    """
-
-    def per_example_loss(backbone_params, example, batch_stats):
-        logits, _ = model.apply(
-            {"params": backbone_params, "batch_stats": batch_stats},
-            example["image"][None],
-            train=False,
-        )
-        return losses.cross_entropy(logits, example["label"][None])[0]
-
-    return per_example_loss
