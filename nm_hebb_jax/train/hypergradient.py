@@ -104,6 +104,21 @@ def hyper_variant(t: int, hyper_every: int, g_r_mode: str = "recompute") -> bool
     return "store" if t % k == k - 1 else "apply"
 
 
+#: The compiled variant of each ``hyper_step`` value, by name (``Trainer.compiled`` keys).
+STEP_VARIANT_NAMES: dict[bool | str, str] = {
+    True: "hyper",
+    "store": "hyper_store",
+    "apply": "hyper_apply",
+}
+
+
+def step_variants(hyper_every: int, g_r_mode: str = "recompute") -> tuple[bool | str, ...]:
+    """The hypergradient variants a phase runs besides the plain step (each compiled once)."""
+    k = max(int(hyper_every), 1)
+    used = {hyper_variant(t, k, g_r_mode) for t in range(k)} - {False}
+    return tuple(sorted(used, key=str))
+
+
 def gate_reference_metrics(neuromod, phi: PyTree) -> dict[str, Array]:
     """ν at the :data:`GATE_REFERENCE_LOSSES` (``{'nm/gate_at_ce=0.1': ν(log1p 0.1), ...}``)."""
     s = jnp.log1p(jnp.asarray(GATE_REFERENCE_LOSSES, jnp.float32))
