@@ -23,7 +23,6 @@ from absl import logging
 
 from nm_hebb_jax.errors import NonFiniteError, Preempted, RunError
 from nm_hebb_jax.models import embedding_dim
-from nm_hebb_jax.neuromod import Neuromodulator
 from nm_hebb_jax.train import ewc as E
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import resume
@@ -80,7 +79,7 @@ class Trainer:
         self.mesh = run.mesh
         self.repl = S.replicated(self.mesh)
         self.image_shape = tuple(run.dataset.image_shape)
-        self.neuromod = Neuromodulator(hidden=cfg.nm.hidden)
+        self.neuromod = M.neuromodulator(cfg)
         self.phi_tx = make_phi_optimizer(cfg.nm.phi_optimizer, cfg.nm.lr)
         self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
         self.compiled: dict[str, Any] = {}
@@ -96,7 +95,7 @@ class Trainer:
             num_classes=self.run.num_classes,
             embed_dim=embedding_dim(self.run.model),
             centers=M.uses_centers(self.config),
-            nm_hidden=self.config.nm.hidden,
+            neuromod=self.neuromod,
         )
 
     def init_variables(self):
@@ -112,7 +111,7 @@ class Trainer:
     def plan_and_tx(self, phase: int):
         """``(plan, tx, schedule)`` of a phase (nothing is compiled)."""
         cfg, run = self.config, self.run
-        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
+        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers, neuromod=self.neuromod)
         n = run.steps[phase - 1]
         lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
         warmup = run.durations.warmup_steps if phase == 1 else 0
@@ -133,7 +132,7 @@ class Trainer:
         kwargs = dict(
             phase_start=start,
             gate_mode=plan.gate_mode,
-            neuromod=self.neuromod,
+            neuromod=plan.neuromod,
             phi_tx=self.phi_tx,
             hyper_every=cfg.nm.hyper_every,
             hyper_normalize=cfg.nm.hyper_normalize,

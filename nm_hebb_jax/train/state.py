@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nm_hebb_jax.neuromod import init_neuromod
+from nm_hebb_jax.neuromod import Neuromodulator
 from nm_hebb_jax.train.ewc import init_ewc_state
 
 __all__ = [
@@ -109,12 +109,13 @@ def init_params(
     num_classes: int,
     embed_dim: int,
     centers: bool,
-    nm_hidden: int,
+    neuromod: Neuromodulator,
 ) -> tuple[PyTree, PyTree]:
     """Initialises ``(params, batch_stats)`` for the model, the neuromodulator and the centers."""
     k_model, k_nm = jax.random.split(rng)
     variables = model.init(k_model, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = {"backbone": variables["params"], "neuromod": init_neuromod(k_nm, hidden=nm_hidden)}
+    phi = neuromod.init(k_nm, jnp.zeros((), jnp.float32))["params"]
+    params = {"backbone": variables["params"], "neuromod": phi}
     if centers:
         params["centers"] = jnp.zeros((num_classes, embed_dim), jnp.float32)
     return params, variables.get("batch_stats", {})

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from nm_hebb_jax import losses
-from nm_hebb_jax.objectives import regularizer_grad
+from nm_hebb_jax.objectives import TERM_NAMES, regularizer_grad
 from nm_hebb_jax.train import hypergradient as H
 from nm_hebb_jax.train.hypergradient import HYPER_G_R_MODES, hyper_variant, uses_hyper_step
 from nm_hebb_jax.train.state import TrainState
@@ -34,9 +34,14 @@ PyTree = Any
 
 
 def _flatten_metrics(loss, aux, grads_backbone, lr) -> dict:
+    """The step's scalars; every term of :data:`~nm_hebb_jax.objectives.TERM_NAMES` raw and
+    weighted (0.0 when the method does not use it, so every method logs the same term keys)."""
     metrics = {"loss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads_backbone)}
     for k, v in aux["terms"].items():
         metrics[f"terms/{k}"] = v
+    for name in TERM_NAMES:
+        for key in (f"terms/{name}", f"terms/{name}_weighted"):
+            metrics.setdefault(key, jnp.zeros((), jnp.float32))
     logits = aux["logits"]
     metrics["top1"] = jnp.mean(jnp.argmax(logits, -1) == aux["labels"])
     if "gate" in aux:
