@@ -1,6 +1,5 @@
 """experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones;
-the profile summary reads a real trace; the depthwise-gradient and EWC benches compare like with
-like."""
+the profile summary reads a real trace; the EWC bench compares like with like."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from nm_hebb_jax.config_base import get_base_config
+from nm_hebb_jax.train.validate import model_overrides
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "bench")
 
@@ -31,7 +31,7 @@ def test_bench_config_keeps_the_full_size_cpu_runtime_and_model():
     cfg = _bench_module("step_bench").make_config("resnet18", "nm_hebb", 128, "float32")
     assert (cfg.cpu_tuning, cfg.cpu_malloc_tuning) == (full.cpu_tuning, full.cpu_malloc_tuning)
     assert cfg.cpu_malloc_tuning is True
-    assert cfg.model.name == "resnet18" and not dict(cfg.model.overrides)
+    assert cfg.model.name == "resnet18" and not model_overrides(cfg)  # the full-size model
     assert cfg.batch_size == 128 and cfg.model.dtype == "float32"
 
 
@@ -67,29 +67,6 @@ def test_profile_summary_counts_named_operations_reductions_and_loops(tmp_path):
     assert reductions, report["kinds"]
     assert any(k["reduction_in_loops_ms"] > 0 for k in reductions)
     assert any(op["calls"] == 4 for op in report["top_ops"]), report["top_ops"]
-
-
-@pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("store_cotangent", [False, True])
-def test_depthwise_grad_bench_variants_compute_the_default_gradients(strides, store_cotangent):
-    """depthwise_grad_bench's autodiff-transpose variants of the 'shifts' depthwise conv have the
-    default's values and gradients (so its timings compare the same computation)."""
-    from nm_hebb_jax.models import layers
-
-    variant = _bench_module("depthwise_grad_bench").autodiff_input_grad(store_cotangent)
-    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
-    x = jax.random.normal(kx, (2, 7, 7, 5))
-    w = jax.random.normal(kw, (3, 3, 1, 5))
-
-    def loss(fn):
-        return lambda x, w: jnp.sum(jnp.sin(fn(x, w)))
-
-    default = lambda x, w: layers.depthwise_conv(x, w, strides, "shifts")  # noqa: E731
-    ref = jax.value_and_grad(loss(default), (0, 1))(x, w)
-    got = jax.value_and_grad(loss(lambda x, w: variant(x, w, strides)), (0, 1))(x, w)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
-        assert a.shape == b.shape
-        assert jnp.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_ewc_bench_variants_compute_the_same_penalty_and_update():

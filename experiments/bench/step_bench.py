@@ -73,7 +73,7 @@ def make_config(model: str, method: str, batch: int, dtype: str, g_r_mode: str =
     apply_smoke(c)  # digits data (offline); the model and runtime are made full size again below
     c.cpu_tuning, c.cpu_malloc_tuning = runtime
     c.model.name = model
-    c.model.overrides = type(c.model.overrides)()
+    c.model.smoke = False
     c.model.dtype = dtype
     c.method = method
     c.batch_size = batch
