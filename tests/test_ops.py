@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nm_hebb_jax import ops
-from nm_hebb_jax.models import ConvBN
+from nm_hebb_jax.models import ConvBN, UnitConfig
 from nm_hebb_jax.ops import conv2d, depthwise_conv, depthwise_input_grad, depthwise_kernel_grad
 from nm_hebb_jax.ops.depthwise import _depthwise_sum
 
@@ -161,10 +161,9 @@ def _transposes_recomputing_relu(barrier: str) -> int:
     class TwoConvs(nn.Module):
         @nn.compact
         def __call__(self, x):
-            x = ConvBN(16, 3, conv_input_barrier=barrier, name="a")(x, True)
-            return ConvBN(16, 3, act=None, use_norm=False, conv_input_barrier=barrier, name="b")(
-                x, True
-            )
+            unit = UnitConfig(conv_input_barrier=barrier)
+            x = ConvBN(16, 3, unit=unit, name="a")(x, True)
+            return ConvBN(16, 3, act=None, use_norm=False, unit=unit, name="b")(x, True)
 
     x = jax.random.normal(jax.random.key(0), (32, 16, 16, 8))
     net = TwoConvs()

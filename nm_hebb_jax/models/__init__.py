@@ -30,6 +30,7 @@ from nm_hebb_jax.models.layers import (
     Array,
     Backbone,
     ConvBN,
+    UnitConfig,
     describe,
 )
 from nm_hebb_jax.models.mobilenet import MobileNetV2
@@ -45,6 +46,7 @@ __all__ = [
     "EfficientNetV2",
     "MobileNetV2",
     "ResNet",
+    "UnitConfig",
     "VGG",
     "collect_taps",
     "conv_layer_names",

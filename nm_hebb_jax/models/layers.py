@@ -121,21 +121,27 @@ def tap_pool(x: Array) -> Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-def tap_kwargs(module: nn.Module) -> dict[str, Any]:
-    """``hebb_layers``, ``hebb_activation``, ``dtype``, ``depthwise_impl``, ``conv_input_barrier``,
-    ``init_scheme``.
+@dataclasses.dataclass(frozen=True)
+class UnitConfig:
+    """What every conv unit of a backbone shares; the backbone sets it once, blocks pass it on.
 
-    What a block passes on to its units. Blocks live inside a backbone whose ``unit_kwargs``
-    already resolved the tap names, so the values are forwarded unchanged.
+    Attributes:
+      hebb_layers: fully qualified module paths of the units that sow their activation and kernel.
+      hebb_activation: which activation a tapped unit sows, one of :data:`HEBB_ACTIVATIONS`.
+      dtype: computation dtype (parameters stay float32).
+      depthwise_impl: how a depthwise unit computes, one of :data:`nm_hebb_jax.ops.DEPTHWISE_IMPLS`.
+      conv_input_barrier: one of :data:`nm_hebb_jax.ops.CONV_INPUT_BARRIERS`; ``depthwise_impl``
+        and this are speed settings of :func:`nm_hebb_jax.ops.conv` (``'auto'``: the backend's
+        kernels): values and gradients are the same either way.
+      init_scheme: initialisation of every conv and dense layer, one of :data:`INITS`.
     """
-    return {
-        "hebb_layers": module.hebb_layers,
-        "hebb_activation": module.hebb_activation,
-        "dtype": module.dtype,
-        "depthwise_impl": module.depthwise_impl,
-        "conv_input_barrier": module.conv_input_barrier,
-        "init_scheme": module.init_scheme,
-    }
+
+    hebb_layers: tuple[str, ...] = ()
+    hebb_activation: str = "post"
+    dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -200,16 +206,7 @@ class ConvBN(nn.Module):
       use_norm: apply BatchNorm after the conv.
       act: ``'relu'``, ``'silu'`` or ``None`` (no activation, e.g. a linear projection).
       bn_epsilon: BatchNorm epsilon.
-      hebb_layers: fully qualified module paths of the units that sow.
-      hebb_activation: one of :data:`HEBB_ACTIVATIONS`.
-      dtype: computation dtype.
-      depthwise_impl: how a depthwise unit (``groups == C_in == features``) computes its
-        convolution, one of :data:`nm_hebb_jax.ops.DEPTHWISE_IMPLS`; other units ignore it.
-      conv_input_barrier: whether a non-depthwise unit passes its input through
-        :func:`nm_hebb_jax.ops.materialize`, one of :data:`nm_hebb_jax.ops.CONV_INPUT_BARRIERS`.
-        Both are speed settings for :func:`nm_hebb_jax.ops.conv` (``'auto'``: the backend's
-        kernels); values and gradients are the same either way.
-      init_scheme: initialisation scheme, one of :data:`INITS`.
+      unit: what the backbone's units share (taps, dtype, kernels, initialisation).
     """
 
     features: int
@@ -220,12 +217,7 @@ class ConvBN(nn.Module):
     use_norm: bool = True
     act: str | None = "relu"
     bn_epsilon: float = 1e-5
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -243,36 +235,36 @@ class ConvBN(nn.Module):
             raise ValueError(
                 f"{in_features} input channels are not divisible by groups={self.groups}"
             )
-        k = self.kernel_size
+        k, unit = self.kernel_size, self.unit
         kernel = self.param(
             "kernel",
-            weight_init(self.init_scheme),
+            weight_init(unit.init_scheme),
             (k, k, in_features // self.groups, self.features),
             jnp.float32,
         )
         y = ops.conv(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
+            x.astype(unit.dtype),
+            kernel.astype(unit.dtype),
             self.strides,
             self.groups,
-            depthwise_impl=self.depthwise_impl,
-            input_barrier=self.conv_input_barrier,
+            depthwise_impl=unit.depthwise_impl,
+            input_barrier=unit.conv_input_barrier,
         )
         if self.use_bias:
             fan_in = k * k * in_features // self.groups
             bias = self.param(
-                "bias", bias_init(self.init_scheme, fan_in), (self.features,), jnp.float32
+                "bias", bias_init(unit.init_scheme, fan_in), (self.features,), jnp.float32
             )
-            y = y + bias.astype(self.dtype)
+            y = y + bias.astype(unit.dtype)
         pre = y
         if self.use_norm:
-            y = batch_norm(train=train, epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(y)
+            y = batch_norm(train=train, epsilon=self.bn_epsilon, dtype=unit.dtype, name="bn")(y)
         y = _ACTIVATIONS[self.act](y)
-        if self.hebb_layers and "/".join(self.path) in self.hebb_layers:
-            check_hebb_activation(self.hebb_activation)
-            if self.hebb_activation == "pre":
+        if unit.hebb_layers and "/".join(self.path) in unit.hebb_layers:
+            check_hebb_activation(unit.hebb_activation)
+            if unit.hebb_activation == "pre":
                 tap = pre
-            elif self.hebb_activation == "post":
+            elif unit.hebb_activation == "post":
                 tap = y
             else:
                 tap = tap_pool(y)
@@ -331,25 +323,22 @@ class Backbone(nn.Module):
         _check_choice("init_scheme", self.init_scheme, INITS)
         super().__post_init__()
 
-    def unit_kwargs(self) -> dict[str, Any]:
-        """Fields to pass to every child block / :class:`ConvBN` (call inside ``__call__``).
+    def unit(self) -> UnitConfig:
+        """The :class:`UnitConfig` every child block and :class:`ConvBN` gets (call inside
+        ``__call__``).
 
         The layer names are qualified with this backbone's own module path, so the tap names stay
         relative to the backbone when it is nested inside a bigger Flax module.
-
-        Returns:
-          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...,
-          'conv_input_barrier': ..., 'init_scheme': ...}``.
         """
         prefix = tuple(self.path)
-        return {
-            "hebb_layers": tuple("/".join((*prefix, name)) for name in self.hebb_layers),
-            "hebb_activation": self.hebb_activation,
-            "dtype": self.dtype,
-            "depthwise_impl": self.depthwise_impl,
-            "conv_input_barrier": self.conv_input_barrier,
-            "init_scheme": self.init_scheme,
-        }
+        return UnitConfig(
+            hebb_layers=tuple("/".join((*prefix, name)) for name in self.hebb_layers),
+            hebb_activation=self.hebb_activation,
+            dtype=self.dtype,
+            depthwise_impl=self.depthwise_impl,
+            conv_input_barrier=self.conv_input_barrier,
+            init_scheme=self.init_scheme,
+        )
 
     def pool_and_classify(
         self, x: Array, train: bool, dropout_rate: float = 0.0

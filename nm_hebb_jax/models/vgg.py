@@ -53,7 +53,7 @@ class VGG(Backbone):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
+        unit = self.unit()
         stage, index = 1, 0
         for item in self.cfg:
             if item == "M":
@@ -61,7 +61,12 @@ class VGG(Backbone):
                 stage, index = stage + 1, 0
             else:
                 x = ConvBN(
-                    int(item), 3, 1, use_bias=self.conv_bias, name=f"stage{stage}_conv{index}", **kw
+                    int(item),
+                    3,
+                    1,
+                    use_bias=self.conv_bias,
+                    name=f"stage{stage}_conv{index}",
+                    unit=unit,
                 )(x, train)
                 index += 1
         return self.pool_and_classify(x, train)
