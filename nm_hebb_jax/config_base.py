@@ -21,7 +21,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     """The full default configuration (CIFAR-10, ResNet-18, NM-Hebb)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # CPU: XLA's own convolutions, not YNNPACK's (2x faster here; nm_hebb_jax/cpu_runtime.py)
+    # CPU: XLA's own convolutions, not YNNPACK's (faster; nm_hebb_jax/cpu_runtime.py)
     c.cpu_tuning = True
     # CPU (with cpu_tuning): glibc malloc keeps freed memory, so steps do not page-fault their
     # working set again (the process keeps its peak heap; XLA compiles slower with one malloc

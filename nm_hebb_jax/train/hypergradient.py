@@ -25,7 +25,8 @@ Cost: computing g_R separately every step would need a backward pass through the
 the tap, so the buffer is filled and used every ``nm.hyper_every`` = k steps: phase-local step
 ``t`` with ``t % k == k − 1`` stores g_R,t, step ``t + 1`` (``% k == 0``) applies. Each runs in
 its own compiled variant of the train step (:func:`hyper_variant`): on XLA:CPU, g_R inside a
-``lax.cond`` branch ran 38x slower than at the top level of a jitted step. ``nm.hyper_g_r``:
+``lax.cond`` branch runs far slower than at the top level of a jitted step (BENCHMARKS.md).
+``nm.hyper_g_r``:
 ``'recompute'`` computes g_R,t+1 on the applying step too (exact); ``'reuse'`` takes the stored
 g_R,t as its estimate (one g_R pass per k steps).
 """
