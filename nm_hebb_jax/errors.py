@@ -30,6 +30,10 @@ class LoadError(UsageError, ValueError):
     """A workdir or checkpoint that cannot be loaded."""
 
 
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or directory the input names does not exist."""
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient (the last good checkpoint is kept)."""
 

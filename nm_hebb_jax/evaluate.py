@@ -16,8 +16,9 @@ import sys
 
 from absl import app, flags, logging
 
+from nm_hebb_jax.errors import LoadError, UsageError
 from nm_hebb_jax.eval import plots
-from nm_hebb_jax.eval.run import LoadError, load_run
+from nm_hebb_jax.eval.run import load_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run directory.")
@@ -174,8 +175,8 @@ def main(argv):
             split=FLAGS.split,
             make_plots=FLAGS.plots,
         )
-    except (LoadError, ValueError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    except UsageError as e:  # a mistake in the input (workdir, step, data): one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps({**out, "runtime": runtime}, default=str))
 
