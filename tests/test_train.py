@@ -159,6 +159,9 @@ def test_smoke_run_compiles_once_per_phase_and_logs_everything(smoke_run):
         "train/top1",
         "train/lr",
         "train/grad_norm",
+        "train/param_norm",
+        "train/update_norm",
+        "train/terms/supcon",  # a term NM-Hebb does not use: logged as 0.0
         "train/gate",
         "train/gate_input",
         "train/terms/ce",
@@ -171,6 +174,7 @@ def test_smoke_run_compiles_once_per_phase_and_logs_everything(smoke_run):
         "val/loss",
     ):
         assert k in keys, k
+    assert all(r["train/terms/supcon"] == 0.0 for r in records if "train/terms/supcon" in r)
     # The hypergradient was applied on some phase-1 steps (nm.hyper_every = 3 in smoke).
     assert any(r.get("train/hyper_applied", 0) > 0 for r in records)
     assert os.listdir(os.path.join(workdir, "tb"))

@@ -91,7 +91,10 @@ def make_train_step(
         estimated by the stored g_R,t−1 (no g_R pass).
 
     Returns:
-      ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars.
+      ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars:
+      ``loss``, ``top1``, ``lr``, the backbone's ``grad_norm``, ``param_norm`` (after the update)
+      and ``update_norm``, every term (``terms/<name>`` and ``terms/<name>_weighted``), the gate
+      and the hypergradient's (with a gate), and ``finite``.
     """
     hyper = gate_mode == "hypergradient"
     variant = {False: None, True: "exact"}.get(hyper_step, hyper_step)
@@ -117,6 +120,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         aux = {**aux, "labels": batch["label"]}
         metrics = _flatten_metrics(loss, aux, grads["backbone"], lr)
+        # health beside grad_norm (big_vision's l2_params, l2_updates): the backbone's L2 norms
+        metrics["param_norm"] = optax.tree.norm(params["backbone"])
+        metrics["update_norm"] = optax.tree.norm(updates["backbone"])
         new_hyper = state.hyper
         if hyper and variant is not None:
             if g_r_fn is not None:
