@@ -17,10 +17,9 @@ page-faults its whole working set again. glibc ``mallopt`` with one arena, no ``
 trimming keeps the freed memory in the heap for the next step (BENCHMARKS.md, method notes). The
 costs: the process keeps its peak heap until it exits, and with one arena XLA's multi-threaded
 compiler contends for malloc, which is why compile-bound configs (the quickstart, ``:smoke``) turn
-it off. Applied only on glibc, before
-the backend starts, when no GPU/TPU plugin is installed and ``JAX_PLATFORMS`` does not name
-another platform first; a ``MALLOC_*`` or ``GLIBC_TUNABLES`` malloc setting in the
-environment wins.
+it off. Applied only on glibc, before the backend starts, when no GPU/TPU plugin is installed and
+``JAX_PLATFORMS`` does not name another platform first; a ``MALLOC_*`` or ``GLIBC_TUNABLES`` malloc
+setting in the environment wins.
 """
 
 from __future__ import annotations

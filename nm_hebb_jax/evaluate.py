@@ -3,9 +3,9 @@
 
 Prints one JSON line last: ``top1``, ``nmi``, ``knn_top1``, ``num_examples``, the filter metrics of
 the tapped layer, ``step``, ``provenance`` and ``runtime`` (the CPU settings used: the run's own
-``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning``
-are given). Writes pictures and ``results.json`` to
-``DIR/eval/<split>_step<N>/`` (never over training artifacts).
+``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning`` are
+given). Writes pictures and ``results.json`` to ``DIR/eval/<split>_step<N>/`` (never over training
+artifacts).
 """
 
 from __future__ import annotations

@@ -64,9 +64,9 @@ def materialize(x: Array) -> Array:
     CHWN. When that input is BatchNorm + ReLU (+ residual) of a stored map, XLA fuses the
     elementwise chain into the transpose and recomputes it there, and the fused loop writes the
     transpose with strided stores instead of XLA's tiled transpose (BENCHMARKS.md, method notes:
-    "the conv-input barrier"). Here ``x`` is rewritten in place by a
-    ``dynamic_update_slice`` of a slice of its own. XLA does not fuse an in-place update into its
-    consumers, so the transpose reads the stored ``x``.
+    "the conv-input barrier"). Here ``x`` is rewritten in place by a ``dynamic_update_slice`` of a
+    slice of its own. XLA does not fuse an in-place update into its consumers, so the transpose
+    reads the stored ``x``.
 
     The values are unchanged (bit for bit) and the tangent passes through unchanged
     (``custom_jvp``), so the backward pass has no extra work (it transposes to the identity) and

@@ -24,16 +24,15 @@ def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") ->
     """Depthwise convolution (one filter per channel), symmetric padding ``(k - 1) // 2``.
 
     ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C`` (what
-    :func:`~nm_hebb_jax.ops.convolution.conv2d` computes with ``groups = C``).
-    ``impl='shifts'`` computes the same sum as k*k shifted, strided slices of the padded input
-    times the per-channel taps: elementwise work that XLA fuses into one loop, where XLA:CPU's
-    grouped convolution is slow (BENCHMARKS.md, method notes). Its kernel
-    gradient is :func:`depthwise_kernel_grad` (a ``custom_vjp``), which reads each chunk of the
-    batch once for all k*k taps instead of streaming the whole batch k*k times; its input
-    gradient is :func:`depthwise_input_grad`, the same shifted sum over the cotangent with the
-    flipped kernel. Gradients agree with autodiff to float32 rounding (summation order).
-    Being a ``custom_vjp``, ``'shifts'`` supports reverse-mode autodiff only; use ``'conv'`` for
-    ``jax.jvp`` / ``jax.jacfwd`` through the layer.
+    :func:`~nm_hebb_jax.ops.convolution.conv2d` computes with ``groups = C``). ``impl='shifts'``
+    computes the same sum as k*k shifted, strided slices of the padded input times the per-channel
+    taps: elementwise work that XLA fuses into one loop, where XLA:CPU's grouped convolution is slow
+    (BENCHMARKS.md, method notes). Its kernel gradient is :func:`depthwise_kernel_grad` (a
+    ``custom_vjp``), which reads each chunk of the batch once for all k*k taps instead of streaming
+    the whole batch k*k times; its input gradient is :func:`depthwise_input_grad`, the same shifted
+    sum over the cotangent with the flipped kernel. Gradients agree with autodiff to float32
+    rounding (summation order). Being a ``custom_vjp``, ``'shifts'`` supports reverse-mode autodiff
+    only; use ``'conv'`` for ``jax.jvp`` / ``jax.jacfwd`` through the layer.
 
     ``'auto'``: see :func:`~nm_hebb_jax.ops.backend.resolve_depthwise_impl`.
 
