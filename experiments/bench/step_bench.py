@@ -227,7 +227,7 @@ class Stepper:
 
 def phase1_schedule(k: int, g_r_mode: str) -> list[str]:
     """The step variants the trainer runs at phase-local steps ``t = 0 .. k - 1``
-    (``nm_hebb_jax.train.steps.hyper_variant``): one full hypergradient cycle."""
+    (``nm_hebb_jax.train.hypergradient.hyper_variant``): one full hypergradient cycle."""
     names = {False: "p1_plain", True: "p1_hyper", "store": "p1_store", "apply": "p1_apply"}
     return [names[hyper_variant(t, k, g_r_mode)] for t in range(k)]
 

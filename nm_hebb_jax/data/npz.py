@@ -1,5 +1,8 @@
 """Reader of the project's ``.npz`` image format, with one-line errors and decoded-image caches.
 
+It is long because a hostile file must fail with one line naming the problem before anything
+large is read (``tests/test_hostile_input.py``): every member is checked from its header first.
+
 Format, for a split ``S`` (``train``, ``test``, ...):
 
 - pixels ``x_S``: uint8 ``[N, H, W, 3]`` (RGB), or grayscale ``[N, H, W]`` / ``[N, H, W, 1]``

@@ -19,16 +19,9 @@ import optax
 from nm_hebb_jax import losses
 from nm_hebb_jax.objectives import TERM_NAMES, regularizer_grad
 from nm_hebb_jax.train import hypergradient as H
-from nm_hebb_jax.train.hypergradient import HYPER_G_R_MODES, hyper_variant, uses_hyper_step
 from nm_hebb_jax.train.state import TrainState
 
-__all__ = [
-    "HYPER_G_R_MODES",
-    "hyper_variant",
-    "make_eval_step",
-    "make_train_step",
-    "uses_hyper_step",
-]
+__all__ = ["make_eval_step", "make_train_step"]
 
 PyTree = Any
 
@@ -84,11 +77,11 @@ def make_train_step(
       prior_weight: λ_gate of the KL prior in the φ update.
       prior_target: target of the KL prior.
       skip_nonfinite: if True, an update with a non-finite loss or gradient is skipped.
-      hyper_step: which variant to build (:func:`hyper_variant` says which one a step uses):
-        ``False`` the plain step; ``True`` or ``'exact'`` computes g_R and both stores it
-        (``t % k == k − 1``) and applies the φ update with the exact g_CE (``t % k == 0``);
-        ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ update with g_R,t
-        estimated by the stored g_R,t−1 (no g_R pass).
+      hyper_step: which variant to build (:func:`~nm_hebb_jax.train.hypergradient.hyper_variant`
+        says which one a step uses): ``False`` the plain step; ``True`` or ``'exact'`` computes
+        g_R and both stores it (``t % k == k − 1``) and applies the φ update with the exact g_CE
+        (``t % k == 0``); ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ
+        update with g_R,t estimated by the stored g_R,t−1 (no g_R pass).
 
     Returns:
       ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars:
