@@ -1,7 +1,5 @@
 """Objectives: composition in any order, term bookkeeping, one forward pass, gradients to ν_φ."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,7 +218,15 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("order", list(itertools.permutations(TRANSFORMS))[::4])
+# the gate first, in the middle and last, and the other transforms in other orders
+ORDERS = [
+    ("gate", "pair", "ewc", "hebb"),
+    ("ewc", "gate", "hebb", "pair"),
+    ("pair", "ewc", "hebb", "gate"),
+]
+
+
+@pytest.mark.parametrize("order", ORDERS)
 def test_any_order_of_the_transforms_gives_the_same_loss_gradients_and_terms(setup, order):
     """The gate scales its targets whether they were added before or after it, and the terms are
     summed once, in name order: every order gives the loss, gradients and ``aux`` of NM-Hebb's
