@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from nm_hebb_jax import losses
 from nm_hebb_jax.config_base import data_config
 from nm_hebb_jax.data import build_dataset
+from nm_hebb_jax.data.build import SOURCES
 from nm_hebb_jax.errors import RunError
 from nm_hebb_jax.models import (
     HEBB_ACTIVATIONS,
@@ -46,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": M.METHODS,  # train/methods.py, METHOD_TERMS
     "model.name": MODEL_NAMES,  # models/__init__.py, the registry
     "model.dtype": tuple(DTYPES),
+    "data.source": SOURCES,  # data/build.py
     "hebb.activation": HEBB_ACTIVATIONS,  # models/layers.py
     "hebb.stop_gradient": losses.STOP_GRADIENT_MODES,  # losses/hebbian.py
     "nm.gate_learning": GATE_MODES,  # objectives.py
