@@ -6,8 +6,9 @@ refreshes, the pairwise phase 2) are pinned bit for bit by a SHA-256 over every 
 value of every metric key in ``tests/golden/quickstart_smoke.json`` is pinned exactly (new keys may
 be added to the log; timing keys are not compared).
 
-Bit-for-bit holds for the machine that recorded the file (same XLA:CPU code generation); on a CPU
-with other vector instructions the parameters are compared per leaf to float32 rounding instead.
+Bit for bit holds on the machine that recorded the file (same XLA:CPU code generation); on a CPU
+with other vector instructions the metrics and the per-leaf sums of the state are compared to
+float32 rounding instead.
 To re-record after an intended change of behaviour::
 
     python tests/test_golden.py --update
@@ -99,16 +100,22 @@ def test_quickstart_smoke_matches_the_golden_record(smoke_run):
         golden = json.load(f)
     got = record(workdir)
     assert got["final_step"] == golden["final_step"] == summary["final_step"]
-    # Metrics: every recorded key of every record, exactly; added keys are allowed.
+    # Metrics: every recorded key of every record (added keys are allowed), exactly on the
+    # recording machine, to float rounding elsewhere.
+    exact = got["machine"] == golden["machine"]
     assert [r["step"] for r in got["metrics"]] == [r["step"] for r in golden["metrics"]]
     for old, new in zip(golden["metrics"], got["metrics"], strict=True):
         for key, value in old.items():
             assert key in new, (old["step"], key)
-            same = new[key] == value or (math.isnan(value) and math.isnan(new[key]))
-            assert same, (old["step"], key, value, new[key])
+            if math.isnan(value):
+                assert math.isnan(new[key]), (old["step"], key)
+            elif exact:
+                assert new[key] == value, (old["step"], key, value, new[key])
+            else:
+                np.testing.assert_allclose(new[key], value, rtol=1e-3, atol=1e-6, err_msg=key)
     # State: bit for bit on the recording machine; per-leaf sums to float rounding elsewhere.
     assert sorted(got["state"]["sums"]) == sorted(golden["state"]["sums"])
-    if got["machine"] == golden["machine"]:
+    if exact:
         assert got["state"]["sha256"] == golden["state"]["sha256"], _diff(got, golden)
     else:
         for path, (s, a) in golden["state"]["sums"].items():
