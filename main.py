@@ -8,8 +8,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nm_hebb_jax import cpu_runtime
+from nm_hebb_jax.errors import NonFiniteError, Preempted, UsageError
 from nm_hebb_jax.train.distributed import maybe_initialize
-from nm_hebb_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
+from nm_hebb_jax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -35,8 +36,8 @@ def main(argv):
             summary = train_and_evaluate_hebbian(FLAGS.config, FLAGS.workdir)
         else:
             summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ValueError as e:  # RunError, DataError and config errors: one line, exit 2
-        print(f"error: {(str(e).splitlines() or [repr(e)])[0]}", file=sys.stderr)
+    except UsageError as e:  # a mistake in the input (config, data, workdir): one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)

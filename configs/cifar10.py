@@ -19,7 +19,7 @@ steps on the bundled digits data (CI).
 What to expect: 30 + 10 epochs take roughly 1 hour on one modern GPU for ResNet-18. No accuracy for
 this config has been measured in this repository yet; the paper reports +2.0 to +10.0 pp Top-1 over
 its baselines on CIFAR-10 (test split). Compare against ``--config.method=baseline`` (same
-schedule).
+schedule and epochs).
 """
 
 from nm_hebb_jax.config_args import apply_arg

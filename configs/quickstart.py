@@ -30,7 +30,7 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.batch_size = 64
     # A narrow model: compile time, not step time, dominates, and glibc with one malloc arena
-    # slows XLA's compiler threads (41 s -> 44-48 s for this run; BENCHMARKS.md), so it stays off.
+    # slows XLA's compiler threads (BENCHMARKS.md, method notes), so it stays off.
     c.cpu_malloc_tuning = False
     c.optim.base_lr = 0.1
     c.optim.warmup_epochs = 1.0

@@ -17,7 +17,7 @@ from nm_hebb_jax import losses
 from nm_hebb_jax import objectives as O
 from nm_hebb_jax.models import get_model
 from nm_hebb_jax.neuromod import init_neuromod
-from nm_hebb_jax.train import init_ewc_state
+from nm_hebb_jax.train.ewc import fisher_diagonal, init_ewc_state
 
 
 def main(steps: int = 3) -> list[dict[str, float]]:
@@ -47,7 +47,7 @@ def main(steps: int = 3) -> list[dict[str, float]]:
         logits, _ = model.apply(variables, example["image"][None], train=False)
         return losses.cross_entropy(logits, example["label"][None])[0]
 
-    state["ewc"]["fisher"] = losses.fisher_diagonal(
+    state["ewc"]["fisher"] = fisher_diagonal(
         example_ce, params["backbone"], [batch], extra_args=(state["batch_stats"],)
     )
 

@@ -2,37 +2,26 @@
 
 ``get_base_config()`` returns a fully typed ``ml_collections.ConfigDict``; dataset config files
 (``configs/cifar10.py``, ...) start from it and override fields. Every declared interpretation of
-the
-NM-Hebb paper (METHOD.md, marked [ours]) is a field here with its default; README's "Declared
+the NM-Hebb paper (METHOD.md, marked [ours]) is a field here with its default; README's "Declared
 interpretations" section lists them.
 
-Durations: each phase has ``epochs`` (float) and ``num_steps`` (int, ``-1`` = derive from epochs);
-they are resolved in one place, :func:`nm_hebb_jax.train.loop.phase_steps`.
+The values a field accepts are checked, before anything is built, by
+:mod:`nm_hebb_jax.train.validate` (its ``CHOICES`` table lists every field with a fixed set).
+Durations: each phase has ``epochs`` (float) and ``num_steps`` (int, ``-1`` = derive from epochs),
+the warm-up and the EWC refresh are in epochs; all are turned into steps in one place,
+:func:`nm_hebb_jax.train.validate.durations`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-METHODS = (
-    "nm_hebb",
-    "baseline",
-    "label_smoothing",
-    "center_loss",
-    "supcon",
-    "phase1_only",
-    "phase2_only",
-    "no_gate",
-    "hebb_only",
-    "ewc_only",
-)
-
 
 def get_base_config() -> ml_collections.ConfigDict:
     """The full default configuration (CIFAR-10, ResNet-18, NM-Hebb)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # CPU: XLA's own convolutions, not YNNPACK's (2x faster here; nm_hebb_jax/cpu_runtime.py)
+    # CPU: XLA's own convolutions, not YNNPACK's (faster; nm_hebb_jax/cpu_runtime.py)
     c.cpu_tuning = True
     # CPU (with cpu_tuning): glibc malloc keeps freed memory, so steps do not page-fault their
     # working set again (the process keeps its peak heap; XLA compiles slower with one malloc
@@ -61,6 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet18"
     c.model.dtype = "float32"  # computation dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.overrides = ml_collections.ConfigDict()  # width/depth overrides passed to get_model
+    c.model.smoke = False  # True: the backbone's tiny CI variant (under the overrides); ':smoke'
     # 'fan_out' (He-normal conv kernels, Flax-default classifier) or 'torch_default' (PyTorch's
     # nn.Conv2d/nn.Linear defaults); experiments/parity measures which matches PyTorch training
     c.model.init_scheme = "fan_out"
@@ -176,27 +166,14 @@ def data_config(config) -> ml_collections.ConfigDict:
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a config for CI: tiny model, a few steps, the bundled digits data (offline)."""
-    tiny = {
-        "resnet18": {"stage_sizes": (1, 1, 1, 1), "width": 4},
-        "vgg11": {"cfg": (8, "M", 16, "M")},
-        "mobilenet_v2": {
-            "cfg": ((1, 8, 1, 1), (2, 16, 2, 1), (2, 16, 1, 2)),
-            "stem_features": 8,
-            "head_features": 32,
-        },
-        "efficientnet_v2_s": {
-            "stages": (
-                ("fused", 1, 3, 1, 8, 1),
-                ("fused", 4, 3, 2, 16, 2),
-                ("mbconv", 4, 3, 2, 16, 2),
-            ),
-            "stem_features": 8,
-            "head_features": 32,
-        },
-        "densenet121": {"block_sizes": (1, 1), "growth_rate": 4},
-    }
-    c.model.overrides = ml_collections.ConfigDict(tiny.get(c.model.name, {}))
+    """Shrinks a config for CI: tiny model, a few steps, the bundled digits data (offline).
+
+    The model is the tiny variant of whichever backbone ``model.name`` names when the run is
+    built (``model.smoke``), so ``--config.model.name=vgg11`` after ``:smoke`` gives a tiny
+    VGG-11; the config's own width/depth overrides are dropped.
+    """
+    c.model.smoke = True
+    c.model.overrides = ml_collections.ConfigDict()
     c.cpu_malloc_tuning = False  # tiny models are compile-bound (see cpu_runtime.tune_malloc)
     c.data.source = "digits"
     c.data.name = "digits"

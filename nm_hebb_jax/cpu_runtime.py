@@ -1,11 +1,9 @@
 """CPU runtime defaults of the trainer: XLA's own convolutions, and a malloc that keeps memory.
 
-jaxlib 0.10.2 sends every CPU convolution to YNNPACK by default. On the 2-core AVX-512
-development machine XLA's own convolution is 2x faster forward and 2.9-3.8x faster for the kernel
-gradient of a 3x3 64->64 layer (BENCHMARKS.md, ``experiments/bench/conv_micro.py``); a ResNet-18
-training step at batch 128 goes from 2.66 s to 1.80 s (``torch_reference.py``).
-:func:`configure` appends :data:`CPU_XLA_FLAGS` to ``XLA_FLAGS`` before JAX starts its backend;
-the trainer, the evaluation CLI and the benchmarks call it (``config.cpu_tuning``, default True).
+jaxlib 0.10.2 sends every CPU convolution to YNNPACK by default; XLA's own convolutions are
+faster, forward and in both gradients (BENCHMARKS.md, method notes). :func:`configure` appends
+:data:`CPU_XLA_FLAGS` to ``XLA_FLAGS`` before JAX starts its backend; the trainer, the evaluation
+CLI and the benchmarks call it (``config.cpu_tuning``, default True).
 
 The flag is an ``xla_cpu_`` flag: GPU and TPU computations are unaffected. CPU results change at
 float32 rounding level (another convolution algorithm). A user's own ``XLA_FLAGS`` entry for the
@@ -13,17 +11,15 @@ same flag wins. Library users who import the losses into their own pipeline are 
 unless they call :func:`configure` (or set the flag) themselves.
 
 :func:`tune_malloc` (``config.cpu_malloc_tuning``, default True; part of :func:`configure`):
-XLA:CPU allocates each execution's temporary buffer (2.6 GB for a MobileNet-v2 step at batch
-128) with ``malloc``, which glibc serves with a fresh ``mmap`` and returns with ``munmap``: every
-step page-faults its whole working set again. glibc ``mallopt`` with one arena, no ``mmap`` and
-no trimming keeps the freed memory in the heap for the next step (BENCHMARKS.md: the MobileNet-v2
-step 1.92 -> 1.49 s and ResNet-18 1.99 -> 1.68 s in ``torch_reference.py``). The costs: the
-process keeps its peak heap until it exits, and with one arena XLA's multi-threaded compiler
-contends for malloc (the quickstart run takes 44-48 s instead of 41 s), which is why
-compile-bound configs (the quickstart, ``:smoke``) turn it off. Applied only on glibc, before
-the backend starts, when no GPU/TPU plugin is installed and ``JAX_PLATFORMS`` does not name
-another platform first; a ``MALLOC_*`` or ``GLIBC_TUNABLES`` malloc setting in the
-environment wins.
+XLA:CPU allocates each execution's temporary buffer (gigabytes for a full-size step) with
+``malloc``, which glibc serves with a fresh ``mmap`` and returns with ``munmap``: every step
+page-faults its whole working set again. glibc ``mallopt`` with one arena, no ``mmap`` and no
+trimming keeps the freed memory in the heap for the next step (BENCHMARKS.md, method notes). The
+costs: the process keeps its peak heap until it exits, and with one arena XLA's multi-threaded
+compiler contends for malloc, which is why compile-bound configs (the quickstart, ``:smoke``) turn
+it off. Applied only on glibc, before the backend starts, when no GPU/TPU plugin is installed and
+``JAX_PLATFORMS`` does not name another platform first; a ``MALLOC_*`` or ``GLIBC_TUNABLES`` malloc
+setting in the environment wins.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 
 Prints one JSON line last: ``top1``, ``nmi``, ``knn_top1``, ``num_examples``, the filter metrics of
 the tapped layer, ``step``, ``provenance`` and ``runtime`` (the CPU settings used: the run's own
-``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning``
-are given). Writes pictures and ``results.json`` to
-``DIR/eval/<split>_step<N>/`` (never over training artifacts).
+``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning`` are
+given). Writes pictures and ``results.json`` to ``DIR/eval/<split>_step<N>/`` (never over training
+artifacts).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from nm_hebb_jax.errors import LoadError, UsageError
 from nm_hebb_jax.eval import plots
-from nm_hebb_jax.eval.run import LoadError, load_run
+from nm_hebb_jax.eval.run import load_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run directory.")
@@ -249,8 +250,8 @@ def main(argv):
             split=FLAGS.split,
             make_plots=FLAGS.plots,
         )
-    except (LoadError, ValueError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    except UsageError as e:  # a mistake in the input (workdir, step, data): one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps({**out, "runtime": runtime}, default=str))
 

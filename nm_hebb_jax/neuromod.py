@@ -4,11 +4,9 @@
 gate in (0, 1) scaling the consolidation terms (METHOD.md, "Neuromodulator").
 
 Declared interpretation [ours] (METHOD.md): the input is ``s = log1p(stop_gradient(mean L_CE))``;
-the
-hidden layer has 16 tanh units; both weight matrices are made non-negative with a softplus, so ν is
-monotone non-decreasing in ``s`` by construction ("a high loss opens the gate"). Its parameters
-live in
-the top-level ``params['neuromod']`` subtree of the training parameters, beside
+the hidden layer has 16 tanh units; both weight matrices are made non-negative with a softplus, so
+ν is monotone non-decreasing in ``s`` by construction ("a high loss opens the gate"). Its
+parameters live in the top-level ``params['neuromod']`` subtree of the training parameters, beside
 ``params['backbone']``.
 """
 
@@ -38,8 +36,7 @@ class Neuromodulator(nn.Module):
 
     ``W1`` and ``w2`` are ``softplus`` of unconstrained parameters, hence non-negative, so ν is
     non-decreasing in ``s``. With the default initialisation ν(s) is close to 0.5 for typical
-    losses,
-    so the gate starts half-open and the hypergradient decides where it goes.
+    losses, so the gate starts half-open and the hypergradient decides where it goes.
 
     Attributes:
       hidden: width of the hidden layer (16, METHOD.md [ours]).

@@ -1,34 +1,42 @@
 """Composable training objectives: the one place where model outputs meet the losses.
 
-An *objective* is a function ``objective(params, state, batch, rng) -> (loss, aux)``:
+An *objective* is a callable ``objective(params, state, batch, rng) -> (loss, aux)``:
 
 - ``params``: ``{'backbone': <Flax params of the model>, 'neuromod': <ν_φ params>, ...}``.
-- ``state``: non-differentiated state, ``{'batch_stats': ..., 'ewc': {'anchor': ..., 'fisher':
-  ...}}``
+- ``state``: non-differentiated state, ``{'batch_stats': ..., 'ewc': {'anchor', 'fisher'}}``
   (``'ewc'`` only needed by :func:`with_ewc`).
 - ``batch``: ``{'image': float [N, H, W, 3], 'label': int [N]}``.
 - ``rng``: a ``jax.random.key`` (dropout / stochastic depth).
 - ``aux``: ``{'logits': [N, C], 'embedding': [N, D], 'taps': {layer: (activation, kernel)},
-  'batch_stats': <updated>, 'terms': {name: scalar}, ...}``.
+  'batch_stats': <updated>, 'terms': {name: scalar}}``, plus ``'gate'``, ``'gate_input'`` and
+  ``'regularizer'`` when the objective is gated.
 
-``aux['terms']`` holds every loss term twice, raw (``'hebb'``) and as it enters the loss
-(``'hebb_weighted'``); the returned loss is always the sum of the ``*_weighted`` terms. A transform
-``with_X(objective, ...)`` returns a new objective of the same signature that adds or rescales
-terms,
-so the phase-1 objective of NM-Hebb (arXiv 2508.19896) is::
+:func:`classification_objective` builds one from a model (its term ``'ce'``); each transform
+``with_X(objective, ...)`` returns a new objective with one more named term, or with the gate.
+An objective is a value, not a chain of wrappers: a list of :class:`Term` s, each a function of the
+model's outputs with its weight, and at most one :class:`Gate`. Calling it runs the model once
+(with every tap a term asks for), evaluates each term, scales the gate's targets by ν and sums
+once::
+
+    loss = Σ_t c_t · weight_t · raw_t,   c_t = ν for the gate's targets, else 1
+
+so the order in which transforms are applied does not matter. ``aux['terms']`` holds every term
+raw (``'hebb'``) and as it enters the loss (``'hebb_weighted'``). The phase-1 objective of NM-Hebb
+(arXiv 2508.19896) is::
 
     obj = with_neuromodulation(
         with_ewc(with_hebbian(classification_objective(model), layers=(layer,), weight=0.1),
                  weight=1.0),
         targets=('hebb', 'ewc'))
 
-The model runs once however many transforms are stacked: transforms ask the base objective for the
-conv activations they need through the keyword-only ``taps`` argument, which every objective accepts
-(``objective(params, state, batch, rng, taps=('stage2_block0/conv1',))``) and forwards downwards.
+Extra conv activations can be requested with the keyword-only ``taps`` argument
+(``objective(params, state, batch, rng, taps=('stage2_block0/conv1',))``): they are returned in
+``aux['taps']`` from the same forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,25 +49,148 @@ from nm_hebb_jax.neuromod import Neuromodulator, gate_input
 
 Array = jax.Array
 PyTree = Any
-Objective = Callable[..., tuple[Array, dict]]
+#: ``(params, state, batch, outputs) -> raw scalar``; ``outputs`` holds the model's ``logits``,
+#: ``embedding`` and ``taps``.
+TermFn = Callable[[PyTree, dict, dict, dict], Array]
 
-GATE_MODES = ("hypergradient", "joint_prior", "fixed")
+#: How a gate's ν is formed (``config.nm.gate_learning``).
+GATE_MODES: tuple[str, ...] = ("hypergradient", "joint_prior", "fixed")
+#: The name of every term a transform of this module adds: what a trainer logs for every method
+#: (a term a method does not use is logged as 0.0, so curves of two methods can be overlaid).
+TERM_NAMES: tuple[str, ...] = ("ce", "hebb", "ewc", "pair", "center", "supcon", "gate_prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One named loss term: ``weight · fn(params, state, batch, outputs)``.
+
+    Attributes:
+      name: the term's key in ``aux['terms']`` (unique within an objective).
+      fn: the raw value from the model's outputs (``logits``, ``embedding``, ``taps``).
+      weight: its weight in the loss.
+      taps: conv layers whose ``(activation, kernel)`` the term reads from ``outputs['taps']``.
+    """
+
+    name: str
+    fn: TermFn
+    weight: float
+    taps: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The neuromodulator's gate ν on the ``targets`` terms (see :func:`with_neuromodulation`)."""
+
+    targets: tuple[str, ...]
+    mode: str
+    fixed_gate: float
+    prior_weight: float
+    prior_target: float
+    neuromod: Neuromodulator
+
+
+class Objective:
+    """A model's classification loss with named terms and an optional gate (module docstring).
+
+    Build one with :func:`classification_objective` and the ``with_*`` transforms; call it as
+    ``objective(params, state, batch, rng, *, taps=()) -> (loss, aux)``.
+    """
+
+    def __init__(self, model, *, train: bool, terms: tuple[Term, ...], gate: Gate | None = None):
+        self.model = model
+        self.train = train
+        self.terms = terms
+        self.gate = gate
+
+    def with_term(self, term: Term) -> Objective:
+        """This objective with one more term."""
+        if any(t.name == term.name for t in self.terms):
+            raise ValueError(f"term {term.name!r} is added twice; stack each transform once")
+        return Objective(self.model, train=self.train, terms=(*self.terms, term), gate=self.gate)
+
+    def with_gate(self, gate: Gate) -> Objective:
+        """This objective with its gate."""
+        if self.gate is not None:
+            raise ValueError("the objective already has a gate; apply with_neuromodulation once")
+        return Objective(self.model, train=self.train, terms=self.terms, gate=gate)
+
+    def outputs(self, params, state, batch, rng, *, taps: Sequence[str] = ()) -> dict:
+        """One forward pass: ``logits``, ``embedding``, ``taps`` and the new ``batch_stats``."""
+        model = self.model
+        wanted = tuple(taps) + tuple(name for term in self.terms for name in term.taps)
+        layers = tuple(dict.fromkeys(tuple(model.hebb_layers) + wanted))
+        tapped = model.clone(hebb_layers=layers) if layers != tuple(model.hebb_layers) else model
+        variables = {"params": params["backbone"], "batch_stats": state["batch_stats"]}
+        (logits, out), new_vars = tapped.apply(
+            variables,
+            batch["image"],
+            train=self.train,
+            mutable=["batch_stats", "intermediates"],
+            rngs={"dropout": rng},
+        )
+        return {
+            "logits": logits,
+            "embedding": out["embedding"],
+            "taps": collect_taps(new_vars.get("intermediates", {}), layers) if layers else {},
+            "batch_stats": new_vars["batch_stats"],
+        }
+
+    def __call__(self, params, state, batch, rng, *, taps: Sequence[str] = ()):
+        aux = self.outputs(params, state, batch, rng, taps=taps)
+        terms = {}
+        for term in self.terms:
+            raw = term.fn(params, state, batch, aux)
+            terms[term.name] = _as_term(raw, term.weight * raw)
+        if self.gate is not None:
+            terms, gating = _apply_gate(self.gate, params, terms)
+            aux.update(gating)
+        aux["terms"] = {}
+        for name, (raw, weighted) in terms.items():
+            aux["terms"][name] = raw
+            aux["terms"][f"{name}_weighted"] = weighted
+        return total_loss(aux["terms"]), aux
+
+
+def _as_term(raw: Array, weighted: Array) -> tuple[Array, Array]:
+    """``(raw, weighted)`` in one dtype, at least float32 (float64 stays float64)."""
+    dtype = jnp.promote_types(jnp.result_type(raw, weighted), jnp.float32)
+    return jnp.asarray(raw, dtype), jnp.asarray(weighted, dtype)
+
+
+def _apply_gate(gate: Gate, params, terms: dict) -> tuple[dict, dict]:
+    """The terms with ν on the gate's targets and the gate's prior term added; the gate's aux."""
+    s = gate_input(terms["ce"][0])
+    if gate.mode == "fixed":
+        nu = jnp.asarray(gate.fixed_gate, jnp.float32)
+        prior = jnp.zeros((), jnp.float32)
+    else:
+        if "neuromod" not in params:
+            raise ValueError(
+                "with_neuromodulation needs params['neuromod'] (nm_hebb_jax.neuromod.init_neuromod)"
+            )
+        nu = gate.neuromod.apply({"params": params["neuromod"]}, s)
+        prior = losses.gate_prior(nu, target=gate.prior_target)
+    present = [t for t in gate.targets if t in terms]
+    ungated = [terms[t][1] for t in present]
+    regularizer = jnp.sum(jnp.stack(ungated)) if ungated else jnp.zeros((), jnp.float32)
+    terms = {k: (raw, nu * w) if k in present else (raw, w) for k, (raw, w) in terms.items()}
+    weight = 0.0 if gate.mode == "fixed" else gate.prior_weight
+    terms["gate_prior"] = _as_term(prior, weight * prior)
+    return terms, {"gate": nu, "gate_input": s, "regularizer": regularizer}
 
 
 def total_loss(terms: dict[str, Array]) -> Array:
-    """Sum of the ``*_weighted`` entries of a terms dict (the objective's loss)."""
+    """Sum of the ``*_weighted`` entries of a terms dict (the objective's loss), in name order."""
     weighted = [v for k, v in sorted(terms.items()) if k.endswith("_weighted")]
     return jnp.sum(jnp.stack(weighted)) if weighted else jnp.zeros((), jnp.float32)
 
 
-def _with_term(aux: dict, name: str, raw: Array, weighted: Array) -> dict:
-    terms = dict(aux["terms"])
-    if name in terms:
-        raise ValueError(f"term {name!r} is added twice; stack each transform once")
-    dtype = jnp.promote_types(jnp.result_type(raw, weighted), jnp.float32)  # f64 stays f64
-    terms[name] = jnp.asarray(raw, dtype)
-    terms[f"{name}_weighted"] = jnp.asarray(weighted, dtype)
-    return {**aux, "terms": terms}
+def _objective(objective) -> Objective:
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            f"expected an objective built by classification_objective, got {type(objective)!r}"
+        )
+    return objective
 
 
 def classification_objective(
@@ -68,9 +199,8 @@ def classification_objective(
     """The base objective: one forward pass and softmax cross-entropy.
 
     Runs ``model.apply`` once with ``mutable=['batch_stats', 'intermediates']`` and records the term
-    ``'ce'`` (batch-mean CE) weighted by ``weight``. The conv layers requested through ``taps``
-    (plus
-    the model's own ``hebb_layers``) sow their activation and kernel.
+    ``'ce'`` (batch-mean CE) weighted by ``weight``. The conv layers the terms (and ``taps``)
+    request, plus the model's own ``hebb_layers``, sow their activation and kernel.
 
     Args:
       model: a backbone from :func:`nm_hebb_jax.models.get_model` (returns ``(logits, aux)``).
@@ -82,29 +212,13 @@ def classification_objective(
       ``objective(params, state, batch, rng, *, taps=()) -> (loss, aux)``; see the module docstring.
     """
 
-    def objective(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        layers = tuple(dict.fromkeys(tuple(model.hebb_layers) + tuple(taps)))
-        tapped = model.clone(hebb_layers=layers) if layers != tuple(model.hebb_layers) else model
-        variables = {"params": params["backbone"], "batch_stats": state["batch_stats"]}
-        (logits, out), new_vars = tapped.apply(
-            variables,
-            batch["image"],
-            train=train,
-            mutable=["batch_stats", "intermediates"],
-            rngs={"dropout": rng},
+    def ce(params, state, batch, out):
+        del params, state
+        return jnp.mean(
+            losses.cross_entropy(out["logits"], batch["label"], label_smoothing=label_smoothing)
         )
-        ce = jnp.mean(losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing))
-        aux = {
-            "logits": logits,
-            "embedding": out["embedding"],
-            "taps": collect_taps(new_vars.get("intermediates", {}), layers) if layers else {},
-            "batch_stats": new_vars["batch_stats"],
-            "terms": {},
-        }
-        aux = _with_term(aux, "ce", ce, weight * ce)
-        return total_loss(aux["terms"]), aux
 
-    return objective
+    return Objective(model, train=train, terms=(Term("ce", ce, weight),))
 
 
 def with_hebbian(
@@ -131,17 +245,15 @@ def with_hebbian(
             "with_hebbian needs at least one layer name (see model.conv_layer_names())"
         )
 
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=tuple(taps) + layers)
+    def hebb(params, state, batch, out):
+        del params, state, batch
         values = [
-            losses.hebbian_regularizer(*aux["taps"][name], stop_gradient=stop_gradient)
+            losses.hebbian_regularizer(*out["taps"][name], stop_gradient=stop_gradient)
             for name in layers
         ]
-        r = jnp.mean(jnp.stack(values))
-        aux = _with_term(aux, "hebb", r, weight * r)
-        return total_loss(aux["terms"]), aux
+        return jnp.mean(jnp.stack(values))
 
-    return wrapped
+    return _objective(objective).with_term(Term("hebb", hebb, weight, taps=layers))
 
 
 def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = True) -> Objective:
@@ -149,7 +261,8 @@ def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = Tru
 
     Term ``'ewc'`` = ``mean_i F̃_i (θ_i − θ*_i)²`` over the backbone parameters, with the anchor θ*
     and the diagonal Fisher F read from ``state['ewc'] = {'anchor': ..., 'fisher': ...}``
-    (:func:`nm_hebb_jax.losses.ewc_penalty`); ``'ewc_weighted'`` = ``weight · ewc``.
+    (:func:`nm_hebb_jax.losses.ewc_penalty`); ``'ewc_weighted'`` = ``weight · ewc``. The state,
+    the Fisher and its refresh: :mod:`nm_hebb_jax.train.ewc`.
 
     Args:
       objective: the objective to extend.
@@ -157,20 +270,18 @@ def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = Tru
       normalize: divide the Fisher by its mean (F̃ = F / mean F).
     """
 
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=taps)
+    def ewc(params, state, batch, out):
+        del batch, out
         if "ewc" not in state:
             raise ValueError(
                 "with_ewc needs state['ewc'] = {'anchor': ..., 'fisher': ...}; "
-                "build it with nm_hebb_jax.train.init_ewc_state"
+                "build it with nm_hebb_jax.train.ewc.init_ewc_state"
             )
-        r = losses.ewc_penalty(
+        return losses.ewc_penalty(
             params["backbone"], state["ewc"]["anchor"], state["ewc"]["fisher"], normalize=normalize
         )
-        aux = _with_term(aux, "ewc", r, weight * r)
-        return total_loss(aux["terms"]), aux
 
-    return wrapped
+    return _objective(objective).with_term(Term("ewc", ewc, weight))
 
 
 def with_neuromodulation(
@@ -185,63 +296,41 @@ def with_neuromodulation(
 ) -> Objective:
     """Gates the ``targets`` terms with the neuromodulator ν_φ(L_CE) (METHOD.md A, Phase 1).
 
-    ``'<t>_weighted'`` becomes ``ν · '<t>_weighted'`` for every target term present; ν is computed
-    by
-    :class:`nm_hebb_jax.neuromod.Neuromodulator` from ``s = log1p(stop_gradient(ce))`` with
-    parameters ``params['neuromod']``. Adds the term ``'gate_prior'`` = KL(Bern(ν) ‖ Bern(target)),
-    weighted by ``prior_weight`` (it reaches only φ), and records in ``aux``:
+    Each target term present in the objective (whenever its transform was applied) enters the loss
+    as ``ν · weight · raw``; ν is computed by :class:`nm_hebb_jax.neuromod.Neuromodulator` from
+    ``s = log1p(stop_gradient(ce))`` with parameters ``params['neuromod']``. Adds the term
+    ``'gate_prior'`` = KL(Bern(ν) ‖ Bern(target)), weighted by ``prior_weight`` (it reaches only φ),
+    and records in ``aux``:
 
     - ``'gate'``: ν (scalar), ``'gate_input'``: s,
-    - ``'regularizer'``: the *ungated* sum of the targeted weighted terms (λ_hebb·R_Hebb +
-      λ_ewc·R_EWC),
-      whose gradient is the g_R of the one-step hypergradient (the trainer uses it).
+    - ``'regularizer'``: the *ungated* sum of the target terms (λ_hebb·R_Hebb + λ_ewc·R_EWC), whose
+      gradient is the g_R of the one-step hypergradient (the trainer uses it).
 
     ``mode`` only changes how ν is formed here: ``'hypergradient'`` and ``'joint_prior'`` compute it
     from φ (differentiable; the trainer decides how φ is updated), ``'fixed'`` uses ``fixed_gate``
     (the ``no_gate`` ablation uses 1.0) and the prior term is 0.
 
     Args:
-      objective: the objective to extend (must record a ``'ce'`` term).
+      objective: the objective to extend.
       targets: names of the terms to gate.
       mode: ``'hypergradient'``, ``'joint_prior'`` or ``'fixed'``.
       fixed_gate: ν in ``'fixed'`` mode.
       prior_weight: λ_gate of the KL prior.
       prior_target: the Bernoulli target of the prior.
-      neuromod: the module (default ``Neuromodulator()``).
+      neuromod: the module (default ``Neuromodulator()``); the trainer reads it from
+        ``objective.gate.neuromod`` for the hypergradient.
     """
     if mode not in GATE_MODES:
         raise ValueError(f"unknown gate mode {mode!r}; use one of {', '.join(GATE_MODES)}")
-    targets = tuple(targets)
-    module = neuromod or Neuromodulator()
-
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=taps)
-        terms = dict(aux["terms"])
-        if "ce" not in terms:
-            raise ValueError("with_neuromodulation needs a 'ce' term (classification_objective)")
-        s = gate_input(terms["ce"])
-        if mode == "fixed":
-            gate = jnp.asarray(fixed_gate, jnp.float32)
-            prior = jnp.zeros((), jnp.float32)
-        else:
-            if "neuromod" not in params:
-                raise ValueError(
-                    "with_neuromodulation needs params['neuromod'] "
-                    "(nm_hebb_jax.neuromod.init_neuromod)"
-                )
-            gate = module.apply({"params": params["neuromod"]}, s)
-            prior = losses.gate_prior(gate, target=prior_target)
-        present = [t for t in targets if f"{t}_weighted" in terms]
-        ungated = [terms[f"{t}_weighted"] for t in present]
-        regularizer = jnp.sum(jnp.stack(ungated)) if ungated else jnp.zeros((), jnp.float32)
-        for t in present:
-            terms[f"{t}_weighted"] = gate * terms[f"{t}_weighted"]
-        aux = {**aux, "terms": terms, "gate": gate, "gate_input": s, "regularizer": regularizer}
-        weight = 0.0 if mode == "fixed" else prior_weight
-        aux = _with_term(aux, "gate_prior", prior, weight * prior)
-        return total_loss(aux["terms"]), aux
-
-    return wrapped
+    gate = Gate(
+        targets=tuple(targets),
+        mode=mode,
+        fixed_gate=fixed_gate,
+        prior_weight=prior_weight,
+        prior_target=prior_target,
+        neuromod=neuromod or Neuromodulator(),
+    )
+    return _objective(objective).with_gate(gate)
 
 
 def with_pairwise_metric(
@@ -253,13 +342,11 @@ def with_pairwise_metric(
     (global) batch of L2-normalised embeddings; ``'pair_weighted'`` = ``weight · pair``.
     """
 
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=taps)
-        r = losses.pairwise_contrastive_loss(aux["embedding"], batch["label"], margin=margin)
-        aux = _with_term(aux, "pair", r, weight * r)
-        return total_loss(aux["terms"]), aux
+    def pair(params, state, batch, out):
+        del params, state
+        return losses.pairwise_contrastive_loss(out["embedding"], batch["label"], margin=margin)
 
-    return wrapped
+    return _objective(objective).with_term(Term("pair", pair, weight))
 
 
 def with_center_loss(objective: Objective, *, weight: float = 0.01) -> Objective:
@@ -268,15 +355,13 @@ def with_center_loss(objective: Objective, *, weight: float = 0.01) -> Objective
     Term ``'center'`` = batch mean of ½‖z_i − c_{y_i}‖² on the raw embeddings.
     """
 
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=taps)
+    def center(params, state, batch, out):
+        del state
         if "centers" not in params:
             raise ValueError("with_center_loss needs params['centers'] of shape [num_classes, D]")
-        r = jnp.mean(losses.center_loss(aux["embedding"], batch["label"], params["centers"]))
-        aux = _with_term(aux, "center", r, weight * r)
-        return total_loss(aux["terms"]), aux
+        return jnp.mean(losses.center_loss(out["embedding"], batch["label"], params["centers"]))
 
-    return wrapped
+    return _objective(objective).with_term(Term("center", center, weight))
 
 
 def with_supervised_contrastive(
@@ -287,17 +372,15 @@ def with_supervised_contrastive(
     Term ``'supcon'`` = :func:`nm_hebb_jax.losses.supervised_contrastive_loss` (batch mean).
     """
 
-    def wrapped(params, state, batch, rng, *, taps: Sequence[str] = ()):
-        _, aux = objective(params, state, batch, rng, taps=taps)
-        r = jnp.mean(
+    def supcon(params, state, batch, out):
+        del params, state
+        return jnp.mean(
             losses.supervised_contrastive_loss(
-                aux["embedding"], batch["label"], temperature=temperature
+                out["embedding"], batch["label"], temperature=temperature
             )
         )
-        aux = _with_term(aux, "supcon", r, weight * r)
-        return total_loss(aux["terms"]), aux
 
-    return wrapped
+    return _objective(objective).with_term(Term("supcon", supcon, weight))
 
 
 def regularizer_grad(objective: Objective) -> Callable[..., PyTree]:

@@ -1,6 +1,5 @@
-"""experiments/bench: benchmarked configs are the full-size runs' configs, not the smoke ones;
-the profile summary reads a real trace; the depthwise-gradient and EWC benches compare like with
-like."""
+"""experiments/bench: the benchmarked configs are the full-size runs' configs, step_bench runs the
+trainer's phase-1 schedule, and input_bench times the trainer's batches."""
 
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import os
 import types
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from nm_hebb_jax.config_base import get_base_config
+from nm_hebb_jax.train.validate import model_overrides
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "bench")
 
@@ -31,87 +30,8 @@ def test_bench_config_keeps_the_full_size_cpu_runtime_and_model():
     cfg = _bench_module("step_bench").make_config("resnet18", "nm_hebb", 128, "float32")
     assert (cfg.cpu_tuning, cfg.cpu_malloc_tuning) == (full.cpu_tuning, full.cpu_malloc_tuning)
     assert cfg.cpu_malloc_tuning is True
-    assert cfg.model.name == "resnet18" and not dict(cfg.model.overrides)
+    assert cfg.model.name == "resnet18" and not model_overrides(cfg)  # the full-size model
     assert cfg.batch_size == 128 and cfg.model.dtype == "float32"
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's worker-thread lines")
-def test_profile_summary_counts_named_operations_reductions_and_loops(tmp_path):
-    """profile_step.summarize on a real trace: a reduction inside a 4-step scan is found, with
-    its calls per step, and the named time is part of the busy time."""
-    import glob
-
-    profile_step = _bench_module("profile_step")
-    summarize = profile_step.summarize
-    # a loop's event contains its body's: each counts its own (exclusive) time once
-    nested = [(0, 10, "while"), (1, 3, "body_a"), (4, 6, "body_b"), (12, 14, "after")]
-    assert sorted(profile_step._self_times(nested)) == sorted(
-        [("body_a", 2), ("body_b", 2), ("while", 6), ("after", 2)]
-    )
-
-    def body(carry, x):
-        return carry + jnp.sum(jnp.tanh(x) * x, axis=0), None
-
-    fn = jax.jit(lambda xs: jax.lax.scan(body, jnp.zeros((512,)), xs)[0])
-    xs = jnp.ones((4, 2048, 512))
-    compiled = fn.lower(xs).compile()
-    jax.block_until_ready(compiled(xs))
-    with jax.profiler.trace(str(tmp_path)):
-        for _ in range(2):
-            jax.block_until_ready(compiled(xs))
-    (trace,) = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)
-    report = summarize(trace, compiled.as_text(), steps=2, top=5)
-    assert report["threads"] >= 1
-    assert report["busy_ms"] >= report["named_ms"] > 0
-    reductions = [k for k in report["kinds"] if k["reduction_ms"] > 0]
-    assert reductions, report["kinds"]
-    assert any(k["reduction_in_loops_ms"] > 0 for k in reductions)
-    assert any(op["calls"] == 4 for op in report["top_ops"]), report["top_ops"]
-
-
-@pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("store_cotangent", [False, True])
-def test_depthwise_grad_bench_variants_compute_the_default_gradients(strides, store_cotangent):
-    """depthwise_grad_bench's autodiff-transpose variants of the 'shifts' depthwise conv have the
-    default's values and gradients (so its timings compare the same computation)."""
-    from nm_hebb_jax.models import layers
-
-    variant = _bench_module("depthwise_grad_bench").autodiff_input_grad(store_cotangent)
-    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
-    x = jax.random.normal(kx, (2, 7, 7, 5))
-    w = jax.random.normal(kw, (3, 3, 1, 5))
-
-    def loss(fn):
-        return lambda x, w: jnp.sum(jnp.sin(fn(x, w)))
-
-    default = lambda x, w: layers.depthwise_conv(x, w, strides, "shifts")  # noqa: E731
-    ref = jax.value_and_grad(loss(default), (0, 1))(x, w)
-    got = jax.value_and_grad(loss(lambda x, w: variant(x, w, strides)), (0, 1))(x, w)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
-        assert a.shape == b.shape
-        assert jnp.allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_ewc_bench_variants_compute_the_same_penalty_and_update():
-    """ewc_bench's three EWC variants (autodiff, hand-written gradient, pre-normalised Fisher)
-    give the same penalty and parameter update, and that update differs from the plain one."""
-    bench = _bench_module("ewc_bench")
-    cfg = bench.make_config("resnet18", "baseline", 8, "float32")
-    calls, count = bench.parameter_variants("resnet18", cfg, stage_sizes=(1, 1), width=8)
-    out = {name: call() for name, call in calls.items()}
-    (ref, _), value = out["ewc"]
-    assert count == sum(x.size for x in jax.tree.leaves(ref["backbone"]))
-    assert float(value) > 0
-    for name in ("ewc_analytic", "ewc_prenormalized"):
-        (params, _), v = out[name]
-        assert jnp.allclose(v, value, rtol=1e-5), name
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref), strict=True):
-            assert jnp.allclose(a, b, rtol=1e-5, atol=1e-6), name
-    (plain, _), _ = out["update"]
-    assert not all(
-        jnp.allclose(a, b)
-        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(ref), strict=True)
-    )
 
 
 @pytest.mark.parametrize("g_r_mode", ["recompute", "reuse"])
@@ -164,3 +84,25 @@ def test_step_bench_windows_count_k_steps_after_an_uncounted_entry(monkeypatch):
     ratios = sb.paired_ratios(sums, "ce")
     assert ratios["p1"]["rounds"] == [3.0, 1.5]
     assert (ratios["p1"]["median"], ratios["p1"]["min"], ratios["p1"]["max"]) == (2.25, 1.5, 3.0)
+
+
+def test_input_bench_times_the_trainers_batches_of_every_kind():
+    """input_bench builds the dataset from its own data config and times augmented, plain and
+    P×K batches of the size asked for."""
+    from nm_hebb_jax.data import build_dataset
+
+    ib = _bench_module("input_bench")
+    ds = build_dataset(ib.data_config("digits", "", "digits"), seed=0)
+    calls = []
+    real = ds.train_batch
+
+    def counting(step, **kw):
+        batch = real(step, **kw)
+        calls.append((kw, batch["image"].shape))
+        return batch
+
+    ds.train_batch = counting
+    row = ib.bench(ds, 8, 2, augment=True, balanced=True)
+    assert row["images_per_s"] > 0 and row["median_ms"] > 0
+    assert len(calls) == 3  # one warm-up, then the timed steps
+    assert all(shape == (8, 32, 32, 3) and kw["balanced"] for kw, shape in calls)

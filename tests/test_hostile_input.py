@@ -30,12 +30,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nm_hebb_jax import data as data_lib
-from nm_hebb_jax.config_base import METHODS
 from nm_hebb_jax.data import DataError, Dataset
 from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES
 from nm_hebb_jax.models import MODEL_NAMES
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import RunError, build_run
+from nm_hebb_jax.train.methods import METHODS
 from tests.util import load_config
 
 MESH = S.make_mesh(jax.devices()[:1])
@@ -511,7 +511,7 @@ CONFIG_FIELDS = {
     ),
     "model.name": (
         _text() | st.sampled_from(MODEL_NAMES),
-        lambda v: None if v == "resnet18" else "model",
+        lambda v: None if v in MODEL_NAMES else "model",  # :smoke: the tiny variant of any
     ),
     "method": (_text() | st.sampled_from(METHODS), lambda v: None if v in METHODS else "method"),
     "data.source": (
@@ -559,7 +559,7 @@ CONFIG_FIELDS = {
 
 # Values that would only fail later if build_run let them through (ZeroDivisionError in the loop,
 # a numpy/JAX error after phase 1 was compiled and trained, or silent garbage from a NaN learning
-# rate): each must be a one-line RunError before compilation (build_run's _check_settings).
+# rate): each must be a one-line RunError before compilation (validate.check_numbers).
 _bad_float = st.sampled_from([math.nan, math.inf, -math.inf]) | st.floats(-1e6, -1e-9)
 LATE_FAILURES = {
     "phase2.k_per_class": (st.integers(-(2**40), 0) | st.integers(33, 2**40), "k_per_class"),

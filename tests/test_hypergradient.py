@@ -13,6 +13,7 @@ from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import Trainer, build_run
 from nm_hebb_jax.train.state import weight_decay_mask
+from nm_hebb_jax.train.validate import model_overrides
 from tests.util import load_config
 
 pytestmark = pytest.mark.slow
@@ -168,7 +169,7 @@ def test_logged_hypergradient_is_the_derivative_of_the_next_ce_under_warmup(g_r_
             c.model.name,
             num_classes=run.num_classes,
             dtype=jnp.float64,
-            **dict(c.model.overrides),
+            **model_overrides(c),
         )
         obj = M.phase_plan(c, model64, 1, run.hebb_layers).objective
 

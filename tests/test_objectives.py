@@ -1,4 +1,4 @@
-"""Objectives: composition, term bookkeeping, one forward pass, gradients reaching ν_φ."""
+"""Objectives: composition in any order, term bookkeeping, one forward pass, gradients to ν_φ."""
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +208,63 @@ def test_neuromodulator_monotone_and_bounded():
     )
     # The input carries no gradient back to the loss.
     assert float(jax.grad(lambda x: gate_input(x))(1.0)) == 0.0
+
+
+TRANSFORMS = {
+    "hebb": lambda o: O.with_hebbian(o, layers=(TAP,), weight=0.1),
+    "ewc": lambda o: O.with_ewc(o, weight=1.0),
+    "pair": lambda o: O.with_pairwise_metric(o, margin=1.0, weight=0.5),
+    "gate": lambda o: O.with_neuromodulation(o, targets=("hebb", "ewc")),
+}
+
+
+# the gate first, in the middle and last, and the other transforms in other orders
+ORDERS = [
+    ("gate", "pair", "ewc", "hebb"),
+    ("ewc", "gate", "hebb", "pair"),
+    ("pair", "ewc", "hebb", "gate"),
+]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_any_order_of_the_transforms_gives_the_same_loss_gradients_and_terms(setup, order):
+    """The gate scales its targets whether they were added before or after it, and the terms are
+    summed once, in name order: every order gives the loss, gradients and ``aux`` of NM-Hebb's
+    phase-1 objective (plus the pairwise term) built in the README's order."""
+    model, params, state, batch = setup
+    rng = jax.random.key(1)
+
+    def build(names):
+        obj = O.classification_objective(model)
+        for name in names:
+            obj = TRANSFORMS[name](obj)
+        return jax.jit(jax.value_and_grad(obj, has_aux=True))
+
+    (loss_ref, aux_ref), grads_ref = build(("hebb", "ewc", "gate", "pair"))(
+        params, state, batch, rng
+    )
+    (loss, aux), grads = build(order)(params, state, batch, rng)
+    assert set(aux["terms"]) == set(aux_ref["terms"])
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    for key in ("gate", "gate_input", "regularizer", *aux_ref["terms"]):
+        got = aux["terms"][key] if key in aux["terms"] else aux[key]
+        ref = aux_ref["terms"][key] if key in aux_ref["terms"] else aux_ref[key]
+        np.testing.assert_allclose(got, ref, rtol=1e-6, err_msg=key)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # ν scales both targets, the pairwise term is not a target
+    nu = aux["gate"]
+    np.testing.assert_allclose(aux["terms"]["ewc_weighted"], nu * aux["terms"]["ewc"], rtol=1e-6)
+    np.testing.assert_allclose(aux["terms"]["pair_weighted"], 0.5 * aux["terms"]["pair"])
+
+
+def test_a_term_or_a_gate_added_twice_is_refused(setup):
+    model = setup[0]
+    obj = O.with_ewc(O.classification_objective(model))
+    with pytest.raises(ValueError, match="'ewc' is added twice"):
+        O.with_ewc(obj)
+    gated = O.with_neuromodulation(obj)
+    with pytest.raises(ValueError, match="already has a gate"):
+        O.with_neuromodulation(gated)
+    with pytest.raises(TypeError, match="classification_objective"):
+        O.with_ewc(lambda *a, **k: None)

@@ -4,10 +4,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nm_hebb_jax.config_base import METHODS
+from nm_hebb_jax.losses import cross_entropy
+from nm_hebb_jax.models import MODEL_NAMES, get_model, smoke_overrides
+from nm_hebb_jax.objectives import TERM_NAMES
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.checkpoint import Checkpointer
@@ -19,6 +22,7 @@ from nm_hebb_jax.train.loop import (
     build_run,
     train_and_evaluate,
 )
+from nm_hebb_jax.train.methods import METHODS
 from tests.util import ROOT, assert_trees_close, load_config, restore_params
 
 CONFIGS = ("cifar10", "cifar100", "tinyimagenet", "quickstart")
@@ -39,9 +43,86 @@ def test_every_config_loads_locks_and_documents_its_command(name):
         load_config(name, "smoke,nonsense")
 
 
+def _parse_cli(*args):
+    """The config ``main.py`` would train with these flags (parsed by absl, locked)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["main.py", *args]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_smoke_then_a_model_name_override_builds_that_backbones_tiny_variant(name):
+    """``--config=configs/cifar10.py:smoke --config.model.name=X`` trains X's tiny variant, as
+    ``:smoke,X`` does (issue 22: the tiny ResNet's overrides used to stay and were refused)."""
+    path = os.path.join(ROOT, "configs", "cifar10.py")
+    by_field = _parse_cli(f"--config={path}:smoke", f"--config.model.name={name}")
+    by_arg = _parse_cli(f"--config={path}:{name},smoke")
+    mesh = S.make_mesh(jax.devices()[:1])
+    models = [build_run(c, mesh=mesh).model for c in (by_field, by_arg)]
+    assert models[0] == models[1]
+    assert type(models[0]) is type(get_model(name, num_classes=10))
+    for field, value in smoke_overrides(name).items():
+        assert getattr(models[0], field) == value, field
+    # an explicit override still applies on top of the tiny variant
+    c = _parse_cli(f"--config={path}:smoke", "--config.model.dtype=bfloat16")
+    assert build_run(c, mesh=mesh).model.dtype == jnp.bfloat16
+
+
+# README's methods table, written out independently of train/methods.py: each phase's terms
+# (CE always), the terms the gate scales (None = no gate; 'fixed' = ν ≡ nm.fixed_gate) and
+# whether phase 2 runs on P×K class-balanced batches.
+P1_NM_HEBB = ({"ce", "hebb", "ewc"}, ("hebb", "ewc"))
+P2_NM_HEBB = ({"ce", "pair", "ewc"}, None)
+EXPECTED_METHODS = {
+    "nm_hebb": (P1_NM_HEBB, P2_NM_HEBB),
+    "baseline": (({"ce"}, None), ({"ce"}, None)),
+    "label_smoothing": (({"ce"}, None), ({"ce"}, None)),
+    "center_loss": (({"ce", "center"}, None), ({"ce", "center"}, None)),
+    "supcon": (({"ce", "supcon"}, None), ({"ce", "supcon"}, None)),
+    "phase1_only": (P1_NM_HEBB, ({"ce"}, None)),
+    "phase2_only": (({"ce"}, None), P2_NM_HEBB),
+    "no_gate": (({"ce", "hebb", "ewc"}, "fixed"), P2_NM_HEBB),
+    "hebb_only": (({"ce", "hebb"}, ("hebb",)), ({"ce", "pair"}, None)),
+    "ewc_only": (({"ce", "ewc"}, ("ewc",)), P2_NM_HEBB),
+}
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_traces_both_phases(method):
-    """Each method's two train steps trace (eval_shape: no compilation) with the right terms."""
+def test_every_method_builds_the_objectives_of_the_methods_table(method):
+    """phase_plan's objectives have the README table's terms, gate and batches in both phases."""
+    c = load_config("cifar10", f"smoke,{method}")
+    model = build_run(c, mesh=S.make_mesh(jax.devices()[:1])).model
+    for phase, (terms, gate) in zip((1, 2), EXPECTED_METHODS[method], strict=True):
+        plan = M.phase_plan(c, model, phase, (model.default_hebb_layer,))
+        obj = plan.objective
+        assert {t.name for t in obj.terms} == terms, (phase, obj.terms)
+        if gate is None:
+            assert obj.gate is None and plan.gate_mode is None
+        elif gate == "fixed":
+            assert obj.gate.mode == plan.gate_mode == "fixed"
+        else:
+            assert set(obj.gate.targets) & terms == set(gate)  # the gated terms present
+            assert obj.gate.mode == plan.gate_mode == c.nm.gate_learning
+        assert plan.uses_ewc == ("ewc" in terms)
+        assert plan.balanced == (phase == 2 and bool(terms & {"pair", "supcon"}))
+        # the CE term: label smoothing for that method only, λ_ce2 with phase 2's metric loss
+        ce = next(t for t in obj.terms if t.name == "ce")
+        logits, labels = jnp.array([[2.0, 0.0, -1.0]]), jnp.array([0])
+        alpha = c.comparators.label_smoothing if method == "label_smoothing" else 0.0
+        expect = cross_entropy(logits, labels, label_smoothing=alpha)[0]
+        np.testing.assert_allclose(ce.fn(None, None, {"label": labels}, {"logits": logits}), expect)
+        assert ce.weight == (c.phase2.ce_weight if phase == 2 and "pair" in terms else 1.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_traces_both_phases_and_logs_the_same_term_keys(method):
+    """Each method's train steps trace (eval_shape: no compilation) and log every term of every
+    method, raw and weighted (0.0 when unused), so the curves of two methods can be overlaid."""
     c = load_config("cifar10", f"smoke,{method}")
     run = build_run(c, mesh=S.make_mesh(jax.devices()[:1]))
     trainer = Trainer(run, "/nonexistent-not-written")
@@ -58,14 +139,10 @@ def test_every_method_traces_both_phases(method):
         _, plain = jax.eval_shape(step_for(start + 1), state["train"], state["ewc"], batch)
         assert set(plain) == set(metrics)
         terms = {k.split("/", 1)[1] for k in metrics if k.startswith("terms/")}
-        assert "ce" in terms and "ce_weighted" in terms
-        assert ("hebb" in terms) == ("hebb" in plan.terms)
-        assert ("ewc" in terms) == ("ewc" in plan.terms)
-        assert ("pair" in terms) == ("pair" in plan.terms)
+        assert terms == {n + s for n in TERM_NAMES for s in ("", "_weighted")}
         assert ("gate" in metrics) == (plan.gate_mode is not None)
         for key in ("loss", "lr", "grad_norm", "top1"):
             assert key in metrics
-    assert M.method_terms(c, 1) == M.METHOD_TERMS[method][0]
 
 
 def test_model_init_scheme_reaches_the_model_and_bad_values_are_refused():
@@ -92,6 +169,9 @@ def test_smoke_run_compiles_once_per_phase_and_logs_everything(smoke_run):
         "train/top1",
         "train/lr",
         "train/grad_norm",
+        "train/param_norm",
+        "train/update_norm",
+        "train/terms/supcon",  # a term NM-Hebb does not use: logged as 0.0
         "train/gate",
         "train/gate_input",
         "train/terms/ce",
@@ -104,6 +184,7 @@ def test_smoke_run_compiles_once_per_phase_and_logs_everything(smoke_run):
         "val/loss",
     ):
         assert k in keys, k
+    assert all(r["train/terms/supcon"] == 0.0 for r in records if "train/terms/supcon" in r)
     # The hypergradient was applied on some phase-1 steps (nm.hyper_every = 3 in smoke).
     assert any(r.get("train/hyper_applied", 0) > 0 for r in records)
     assert os.listdir(os.path.join(workdir, "tb"))

@@ -40,7 +40,6 @@ the dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32 without TF32).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -54,11 +53,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nm_hebb_jax import cpu_runtime
-from nm_hebb_jax.config_base import apply_smoke, get_base_config
+from nm_hebb_jax.config_base import get_base_config
 from nm_hebb_jax.train import sharding as S
+from nm_hebb_jax.train.ewc import init_ewc_state
+from nm_hebb_jax.train.hypergradient import hyper_variant
 from nm_hebb_jax.train.loop import Trainer, build_run
-from nm_hebb_jax.train.state import init_ewc_state
-from nm_hebb_jax.train.steps import hyper_variant
 
 #: ``nm.hyper_every`` of the benchmarked phase-1 schedule (the config default).
 HYPER_EVERY = 10
@@ -66,14 +65,21 @@ HYPER_EVERY = 10
 WINDOW_MODES = {"p1": "recompute", "p1_reuse": "reuse"}
 
 
-def make_config(model: str, method: str, batch: int, dtype: str, g_r_mode: str = "recompute"):
+def make_config(
+    model: str,
+    method: str,
+    batch: int,
+    dtype: str,
+    g_r_mode: str = "recompute",
+    *,
+    smoke: bool = False,
+):
+    """A full-size run's config (CPU runtime and model) on the bundled digits data (offline);
+    ``smoke``: the backbone's tiny variant (to check the script runs, not to time it)."""
     c = get_base_config()
-    # a full-size run's CPU runtime, not the compile-bound smoke one (which turns malloc off)
-    runtime = c.cpu_tuning, c.cpu_malloc_tuning
-    apply_smoke(c)  # digits data (offline); the model and runtime are made full size again below
-    c.cpu_tuning, c.cpu_malloc_tuning = runtime
+    c.data.source = c.data.name = "digits"
     c.model.name = model
-    c.model.overrides = type(c.model.overrides)()
+    c.model.smoke = smoke
     c.model.dtype = dtype
     c.method = method
     c.batch_size = batch
@@ -113,7 +119,9 @@ def _jaxpr_flops(jaxpr) -> float:
     return total
 
 
-def model_train_flops(model: str, batch: int, image_size: int = 32, num_classes: int = 10) -> float:
+def model_train_flops(
+    model: str, batch: int, image_size: int = 32, num_classes: int = 10, *, smoke: bool = False
+) -> float:
     """Model FLOPs of one training step: 3 x the forward pass's conv + dense FLOPs.
 
     The usual MFU convention (backward = 2 x forward; BatchNorm, activations and the optimiser
@@ -122,9 +130,10 @@ def model_train_flops(model: str, batch: int, image_size: int = 32, num_classes:
     XLA's own ``cost_analysis()`` count is reported beside it: it also counts elementwise work,
     and for grouped convolutions it is far higher (MobileNet-v2: ~5x).
     """
-    from nm_hebb_jax.models import get_model
+    from nm_hebb_jax.models import get_model, smoke_overrides
 
-    net = get_model(model, num_classes=num_classes, depthwise_impl="conv")
+    tiny = smoke_overrides(model) if smoke else {}
+    net = get_model(model, num_classes=num_classes, depthwise_impl="conv", **tiny)
     x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     variables = jax.eval_shape(lambda: net.init(jax.random.key(0), np.zeros(x.shape, x.dtype)))
     jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables, x)
@@ -218,7 +227,7 @@ class Stepper:
 
 def phase1_schedule(k: int, g_r_mode: str) -> list[str]:
     """The step variants the trainer runs at phase-local steps ``t = 0 .. k - 1``
-    (``nm_hebb_jax.train.steps.hyper_variant``): one full hypergradient cycle."""
+    (``nm_hebb_jax.train.hypergradient.hyper_variant``): one full hypergradient cycle."""
     names = {False: "p1_plain", True: "p1_hyper", "store": "p1_store", "apply": "p1_apply"}
     return [names[hyper_variant(t, k, g_r_mode)] for t in range(k)]
 
@@ -265,48 +274,17 @@ def paired_ratios(sums: dict, base: str) -> dict[str, dict]:
     return out
 
 
-def print_ratios(times: dict[str, list[float]]) -> dict[str, dict]:
-    """Median, min and max of each :func:`time_turns` sample and its median's ratio to the first
-    variant's, printed one line per variant and returned."""
-    base = float(np.median(next(iter(times.values()))))
-    rows = {}
-    for name, t in times.items():
-        med = float(np.median(t))
-        rows[name] = {"median_s": med, "min_s": min(t), "max_s": max(t), "ratio": med / base}
-        print(f"{name:16s} {med:7.3f} s  (min {min(t):.3f}, max {max(t):.3f})  x{med / base:.3f}")
-    return rows
-
-
-@contextlib.contextmanager
-def replaced(obj, attr: str, value):
-    """``obj.attr`` is ``value`` inside the block (trace a step with a variant of a library
-    function), and the original again after it, also on error."""
-    original = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, original)
-
-
-def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
-    """Compiled step functions and their inputs for one backbone.
-
-    ``donation``: also the CE and plain phase-1 steps with ``donate_state='always'``
-    (``ce_donated``, ``p1_plain_donated``).
-    """
+def build_variants(model: str, batch: int, dtype: str, smoke: bool = False):
+    """Compiled step functions and their inputs for one backbone."""
     variants = {}
     mesh = S.make_mesh()
-    donated = (("baseline", 1, "recompute", "always"), ("nm_hebb", 1, "recompute", "always"))
-    for method, phase, g_r_mode, donate in (
-        ("baseline", 1, "recompute", "auto"),
-        ("nm_hebb", 1, "recompute", "auto"),
-        ("nm_hebb", 1, "reuse", "auto"),
-        ("nm_hebb", 2, "recompute", "auto"),
-        *(donated if donation else ()),
+    for method, phase, g_r_mode in (
+        ("baseline", 1, "recompute"),
+        ("nm_hebb", 1, "recompute"),
+        ("nm_hebb", 1, "reuse"),
+        ("nm_hebb", 2, "recompute"),
     ):
-        cfg = make_config(model, method, batch, dtype, g_r_mode)
-        cfg.donate_state = donate
+        cfg = make_config(model, method, batch, dtype, g_r_mode, smoke=smoke)
         step_for, start, args = prepare_phase(cfg, mesh, phase)
         if method == "baseline":
             names = {"ce": step_for(start)}
@@ -316,8 +294,6 @@ def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
             names = {"p1_store": step_for(start + HYPER_EVERY - 1), "p1_apply": step_for(start)}
         else:
             names = {"p2": step_for(start)}
-        if donate == "always":  # the comparison needs only these two
-            names = {f"{n}_donated": fn for n, fn in names.items() if n in ("ce", "p1_plain")}
         for name, fn in names.items():
             t0 = time.perf_counter()
             compiled = fn.lower(*args).compile()
@@ -334,12 +310,12 @@ def build_variants(model: str, batch: int, dtype: str, donation: bool = False):
     return variants
 
 
-def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn, donation=False, windows=0):
+def bench_model(model, batch, dtype, repeats, warmup, steps_per_turn, windows=0, smoke=False):
     """Builds the variants, warms them up and times them in turns (:func:`time_turns`), then
     (``windows`` > 0) in schedule windows (:func:`time_windows`, :func:`window_calls`).
 
     Returns ``(variants, turn times, window step times or None)``."""
-    variants = build_variants(model, batch, dtype, donation)
+    variants = build_variants(model, batch, dtype, smoke)
     calls = {n: stepping(v["fn"], v["args"]) for n, v in variants.items()}
     for call in calls.values():
         for _ in range(warmup):
@@ -398,9 +374,9 @@ def main():
         "--no-cpu-tuning", action="store_true", help="skip nm_hebb_jax.cpu_runtime.configure()"
     )
     p.add_argument(
-        "--donation",
+        "--smoke",
         action="store_true",
-        help="also time the CE and plain phase-1 steps with donate_state='always'",
+        help="the backbones' tiny variants: checks the script runs (the figures mean nothing)",
     )
     p.add_argument(
         "--no-malloc-tuning", action="store_true", help="configure() without tune_malloc()"
@@ -446,15 +422,15 @@ def main():
             args.repeats,
             args.warmup,
             args.steps_per_turn,
-            args.donation,
             args.windows,
+            args.smoke,
         )
         k = HYPER_EVERY
         med = {n: float(np.median(t)) for n, t in times.items()}
         med["p1_mean"] = (2 * med["p1_hyper"] + (k - 2) * med["p1_plain"]) / k
         med["p1_mean_reuse"] = (med["p1_store"] + med["p1_apply"] + (k - 2) * med["p1_plain"]) / k
         rows = {}
-        model_flops = model_train_flops(model, args.batch)
+        model_flops = model_train_flops(model, args.batch, smoke=args.smoke)
         for name in (
             "ce",
             "p1_plain",
@@ -464,7 +440,6 @@ def main():
             "p1_apply",
             "p1_mean_reuse",
             "p2",
-            *(("ce_donated", "p1_plain_donated") if args.donation else ()),
         ):
             t = med[name]
             if name in variants:
@@ -498,14 +473,6 @@ def main():
             "p1_mean_reuse_over_ce": med["p1_mean_reuse"] / med["ce"],
             "p1_plain_over_ce": med["p1_plain"] / med["ce"],
             "p2_over_ce": med["p2"] / med["ce"],
-            **(
-                {
-                    "ce_donated_over_ce": med["ce_donated"] / med["ce"],
-                    "p1_plain_donated_over_ce_donated": med["p1_plain_donated"] / med["ce_donated"],
-                }
-                if args.donation
-                else {}
-            ),
             **({"windows": window_report(windows_steps, HYPER_EVERY)} if windows_steps else {}),
             "peak_memory_bytes": mem,
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -554,11 +521,6 @@ def main():
             print(
                 "  ce median s by position: "
                 + "  ".join(f"{t:.3f}" for t in w["median_s_by_position"]["ce"])
-            )
-        if args.donation:
-            print(
-                f"donated: ce_donated/ce {m['ce_donated_over_ce']:.3f}  "
-                f"p1_plain_donated/ce_donated {m['p1_plain_donated_over_ce_donated']:.3f}"
             )
     print(f"\npeak: {peak:.0f} GFLOP/s ({peak_how})")
     if args.out:

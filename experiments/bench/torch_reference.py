@@ -3,16 +3,15 @@ r"""JAX/Flax against PyTorch: the same CE training step, same batch and threads,
   pip install -e '.[bench]'   # adds torch; CPU wheel: --index-url https://download.pytorch.org/whl/cpu
   python experiments/bench/torch_reference.py --models resnet18,mobilenet_v2 --repeats 10
 
-One invocation runs one worker process per variant and gives them turns, round-robin, so
-machine load hits every variant alike and only one variant computes at any moment (the others
-block on a pipe). In a turn a variant runs ``--steps-per-turn`` (3) consecutive training steps;
-the first step of a turn pays for the switch and is reported apart (``1st s``), the others are
-the sample (median, min, max). On the development VM a JAX step that follows an idle pause or
-another process's step ran up to 2.5x slower than back-to-back steps (memory freed by the
-previous step has to be faulted in again), which is not what training sees. Before each turn the
-driver waits until the whole machine has been < ``--idle-threshold`` busy for 0.5 s
-(``/proc/stat``; Linux only, skipped elsewhere) and records the busy fraction it saw, so a turn
-measured under load is never counted silently.
+One invocation runs one worker process per variant and gives them turns, round-robin, so machine
+load hits every variant alike and only one variant computes at any moment (the others block on a
+pipe). In a turn a variant runs ``--steps-per-turn`` (3) consecutive training steps; the first step
+of a turn pays for the switch and is reported apart (``1st s``), the others are the sample (median,
+min, max): a step that follows an idle pause or another process's step can run much slower than
+back-to-back steps (memory freed by the previous step is faulted in again), which is not what
+training sees. Before each turn the driver waits until the whole machine has been <
+``--idle-threshold`` busy for 0.5 s (``/proc/stat``; Linux only, skipped elsewhere) and records the
+busy fraction it saw, so a turn measured under load is never counted silently.
 
 Variants (``--variants``):
 

@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RESULTS = os.path.join(ROOT, "experiments", "reproduce", "results")
 
 #: CE training step (batch 128, 32x32, fp32) on the 2-core development VM, seconds
-#: (BENCHMARKS.md, step_bench); a run's time scales with the pixels per image. Used only by
-#: ``--dry-run`` until the grid has measured runs of the same group.
+#: (the ``ce`` rows of experiments/bench/results/step_bench_*.json); a run's time scales with the
+#: pixels per image. Used only by ``--dry-run`` until the grid has measured runs of the group.
 STEP_SECONDS = {
     "vgg11": 0.40,
     "resnet18": 1.30,

@@ -16,6 +16,11 @@ row's augmentation is drawn from ``(seed, step, global row)``, so the per-proces
 concatenate to the single-process batch exactly.
 
 Class-balanced batches (phase 2): see :meth:`Dataset.train_batch`.
+
+Why one module of this size: the carve, the epoch permutations, the process slices, the P×K
+sampler and the padded evaluation batches all index the same arrays with the same seeds, and the
+guarantees above (a batch is a function of the seed and step, processes concatenate to the
+single-process batch) hold only if they stay together.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The error type of the input pipeline."""
+"""The error type of the input pipeline (declared with the project's others in
+:mod:`nm_hebb_jax.errors`): every message is one line that names the problem and how to fix it."""
 
+from nm_hebb_jax.errors import DataError
 
-class DataError(ValueError):
-    """A problem with the data or the data config.
-
-    Every message is one line that names the problem and how to fix it.
-    """
+__all__ = ["DataError"]

@@ -1,6 +1,8 @@
 """Reader of the project's ``.npz`` image format, with one-line errors and decoded-image caches.
 
 The format is documented in docs/data.md; ``python -m nm_hebb_jax.data.convert`` writes it.
+It is long because a hostile file must fail with one line naming the problem before anything
+large is read (``tests/test_hostile_input.py``): every member is checked from its header first.
 
 Format, for a split ``S`` (``train``, ``test``, ...):
 
@@ -40,6 +42,7 @@ from PIL import Image
 
 from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES
 from nm_hebb_jax.data.errors import DataError
+from nm_hebb_jax.errors import MissingFileError
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -136,11 +139,11 @@ def open_npz(path: str) -> np.lib.npyio.NpzFile:
       The open ``NpzFile``; close it (or use it as a context manager).
 
     Raises:
-      FileNotFoundError: the file does not exist.
+      MissingFileError: the file does not exist (a FileNotFoundError).
       DataError: it is not a readable ``.npz`` archive.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"npz file {path!r} does not exist: fix data.path")
+        raise MissingFileError(f"npz file {path!r} does not exist: fix data.path")
     if os.path.isdir(path):
         raise DataError(f"npz path {path!r} is a directory: set data.path to the .npz file")
     try:

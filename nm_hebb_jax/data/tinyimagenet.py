@@ -35,6 +35,7 @@ from etils import epath
 from PIL import Image
 
 from nm_hebb_jax.data.class_names import TINYIMAGENET_WNIDS
+from nm_hebb_jax.errors import MissingFileError
 
 IMAGE_SHAPE = (64, 64, 3)
 _FOLDER = "tiny-imagenet-200"
@@ -52,7 +53,7 @@ def find_root(manual_dir: epath.PathLike, dl_manager=None) -> epath.Path:
       The folder holding ``wnids.txt``, ``train/`` and ``val/``.
 
     Raises:
-      FileNotFoundError: nothing recognisable in ``manual_dir`` (one-line message).
+      MissingFileError: nothing recognisable in ``manual_dir`` (a FileNotFoundError; one line).
     """
     manual_dir = epath.Path(manual_dir)
     for candidate in (manual_dir, manual_dir / _FOLDER):
@@ -64,7 +65,7 @@ def find_root(manual_dir: epath.PathLike, dl_manager=None) -> epath.Path:
         for candidate in (extracted, extracted / _FOLDER):
             if (candidate / "wnids.txt").exists():
                 return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no TinyImageNet-200 in manual_dir {manual_dir} (expected wnids.txt, {_FOLDER}/ or "
         f"{_FOLDER}.zip): download http://cs231n.stanford.edu/{_FOLDER}.zip and put it there"
     )

@@ -402,8 +402,9 @@ def _group_of(key: str) -> str:
     """Subplot group of a metric key.
 
     ``split/group/name`` (3+ parts, e.g. ``train/terms/hebb``) -> ``group``; otherwise the last part
-    decides: ``*loss*`` -> ``loss``; ``top1``, ``knn_top1``, ``acc``, ``accuracy`` ... ->
-    ``accuracy``; anything else (``gate``, ``nmi``, ``lr`` ...) is its own group.
+    decides: ``*loss*`` -> ``loss``; ``*_norm`` (gradient, parameter and update norms) ->
+    ``norms``; ``top1``, ``knn_top1``, ``acc``, ``accuracy`` ... -> ``accuracy``; anything else
+    (``gate``, ``nmi``, ``lr`` ...) is its own group.
     """
     parts = key.split("/")
     if len(parts) >= 3:
@@ -411,6 +412,8 @@ def _group_of(key: str) -> str:
     name = parts[-1]
     if "loss" in name:
         return "loss"
+    if name.endswith("_norm"):
+        return "norms"
     if _ACCURACY.search(name):
         return "accuracy"
     return name

@@ -18,16 +18,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from nm_hebb_jax.errors import LoadError
 from nm_hebb_jax.eval import filters as F
 from nm_hebb_jax.eval import metrics as MT
-from nm_hebb_jax.models import collect_taps, get_model
+from nm_hebb_jax.models import collect_taps
+from nm_hebb_jax.train.validate import build_model
 from nm_hebb_jax.train.writer import read_config
 
+__all__ = ["LoadError", "LoadedRun", "load_run"]
+
 Array = jax.Array
-
-
-class LoadError(ValueError):
-    """A workdir or checkpoint that cannot be loaded (one-line message)."""
 
 
 @dataclasses.dataclass
@@ -254,24 +254,8 @@ def load_run(workdir: str, *, step: int | None = None, best: bool = False) -> Lo
         )
     except FileNotFoundError as e:
         raise LoadError(f"{e}; train first, or pick another --step / drop --best") from e
-    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    model = get_model(
-        meta["model"]["name"],
-        num_classes=int(meta["model"]["num_classes"]),
-        hebb_activation=config.hebb.activation,
-        dtype=dtype,
-        **_overrides(config),
-    )
+    model = build_model(config, int(meta["model"]["num_classes"]))
     variables = {"params": params["backbone"], "batch_stats": batch_stats}
     return LoadedRun(
         workdir, config, model, variables, meta, batch_size=int(config.eval.batch_size)
     )
-
-
-def _overrides(config) -> dict:
-    def fix(v):
-        if isinstance(v, list):
-            return tuple(fix(x) for x in v)
-        return v
-
-    return {k: fix(v) for k, v in config.model.overrides.to_dict().items()}

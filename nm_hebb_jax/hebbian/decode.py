@@ -3,8 +3,8 @@
 Each layer's pooled output is standardised per sample and averaged over its 4 spatial quadrants
 (:func:`nm_hebb_jax.hebbian.model.quadrant_pool`, ``[B, 4·N_l]``); the features of the training
 images fit a ridge classifier (``sklearn.linear_model.RidgeClassifier``) and a linear softmax
-classifier (``sklearn.linear_model.LogisticRegression``, multinomial), after
-``StandardScaler`` (fit on the training features); accuracy is measured on the evaluation split.
+classifier (``sklearn.linear_model.LogisticRegression``, multinomial), after ``StandardScaler`` (fit
+on the training features); accuracy is measured on the evaluation split.
 
 Reference: Miconi, "Hebbian learning with gradients", arXiv:2107.01729, 2021.
 """

@@ -24,6 +24,7 @@ import numpy as np
 
 from nm_hebb_jax.data import build_dataset, load_npz_split
 from nm_hebb_jax.data.zca import apply_zca
+from nm_hebb_jax.errors import LoadError
 from nm_hebb_jax.eval import patches as patches_lib
 from nm_hebb_jax.eval import plots
 from nm_hebb_jax.hebbian import decode as decode_lib
@@ -96,7 +97,7 @@ def evaluate_hebbian_workdir(
       ``provenance``.
 
     Raises:
-      FileNotFoundError: no config or checkpoint; ValueError: mismatched data (one line).
+      LoadError: no config or checkpoint, or data that does not fit the run (one line).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config = read_config(workdir)
@@ -104,15 +105,18 @@ def evaluate_hebbian_workdir(
     dataset = build_dataset(config.data, seed=config.seed)
     train_images, train_labels = dataset.get_arrays("train")
     image_shape = tuple(train_images.shape[1:])
-    params, zca, step = train_lib.restore(workdir, model, image_shape, step=step)
+    try:
+        params, zca, step = train_lib.restore(workdir, model, image_shape, step=step)
+    except FileNotFoundError as e:
+        raise LoadError(str(e)) from e
     if data is not None:
         if not os.path.exists(data):
-            raise FileNotFoundError(f"--data {data} does not exist; pass a project-format npz")
+            raise LoadError(f"--data {data} does not exist; pass a project-format npz")
         split = split or "test"
         arrays = load_npz_split(data, split)
         evaluation = (arrays[0], arrays[1])
         if tuple(evaluation[0].shape[1:]) != image_shape:
-            raise ValueError(
+            raise LoadError(
                 f"--data images are {tuple(evaluation[0].shape[1:])} but the run was trained on "
                 f"{image_shape}"
             )

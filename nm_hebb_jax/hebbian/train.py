@@ -25,6 +25,7 @@ import numpy as np
 
 from nm_hebb_jax.data import build_dataset
 from nm_hebb_jax.data.zca import apply_zca, fit_zca
+from nm_hebb_jax.errors import RunError
 from nm_hebb_jax.hebbian import decode as decode_lib
 from nm_hebb_jax.hebbian.model import HebbianCNN, Params, from_config
 from nm_hebb_jax.losses.hebbian_rules import RULES
@@ -37,11 +38,11 @@ _TAG_FLIP = 0xF11
 
 
 def check_config(config) -> None:
-    """Raises a one-line ValueError on a bad config value."""
+    """Raises a one-line :class:`~nm_hebb_jax.errors.RunError` on a bad config value."""
     if config.get("kind") != KIND:
-        raise ValueError(f"config.kind={config.get('kind')!r} must be {KIND!r}")
+        raise RunError(f"config.kind={config.get('kind')!r} must be {KIND!r}")
     if config.rule not in RULES:
-        raise ValueError(f"rule={config.rule!r} must be one of {RULES}")
+        raise RunError(f"rule={config.rule!r} must be one of {RULES}")
     checks = {
         "batch_size": config.batch_size >= 1,
         "epochs": config.epochs > 0 or config.num_steps > 0,
@@ -59,10 +60,13 @@ def check_config(config) -> None:
             value = config
             for part in name.split("."):
                 value = value[part]
-            raise ValueError(f"config.{name}={value!r} is out of range")
+            raise RunError(f"config.{name}={value!r} is out of range")
     if any(lr < 0 for lr in config.lrs):
-        raise ValueError(f"lrs={tuple(config.lrs)} must be >= 0")
-    from_config(config)  # checks channels/kernel_sizes/lrs lengths and prune_prob
+        raise RunError(f"lrs={tuple(config.lrs)} must be >= 0")
+    try:
+        from_config(config)  # checks channels/kernel_sizes/lrs lengths and prune_prob
+    except ValueError as e:
+        raise RunError(str(e)) from e
 
 
 def total_steps(config, train_size: int) -> int:
@@ -117,7 +121,7 @@ def train_and_evaluate_hebbian(config, workdir: str) -> dict:
       ``stop_after_step`` cut the run short) and ``provenance``.
 
     Raises:
-      ValueError: a bad config value (one line).
+      RunError: a bad config value (one line).
     """
     check_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))

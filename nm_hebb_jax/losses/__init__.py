@@ -3,14 +3,15 @@
 - classification: :func:`cross_entropy`, :func:`accuracy`.
 - hebbian: :func:`hebbian_regularizer` (R_Hebb of NM-Hebb, arXiv 2508.19896).
 - gate: :func:`gate_prior`, :func:`gate_hypergradient` (the neuromodulator's gate ν).
-- consolidation: :func:`ewc_penalty`, :func:`fisher_diagonal`, :func:`normalize_fisher`.
+- consolidation: :func:`ewc_penalty`, :func:`normalize_fisher` (the Fisher itself:
+  :func:`nm_hebb_jax.train.ewc.fisher_diagonal`).
 - metric: :func:`pairwise_contrastive_loss`, :func:`center_loss`,
   :func:`supervised_contrastive_loss`.
 - hebbian_rules: :func:`hebbian_rule_loss`, :func:`hebbian_update` (Miconi, arXiv 2107.01729).
 """
 
 from nm_hebb_jax.losses.classification import accuracy, cross_entropy
-from nm_hebb_jax.losses.consolidation import ewc_penalty, fisher_diagonal, normalize_fisher
+from nm_hebb_jax.losses.consolidation import ewc_penalty, normalize_fisher
 from nm_hebb_jax.losses.gate import gate_hypergradient, gate_prior
 from nm_hebb_jax.losses.hebbian import STOP_GRADIENT_MODES, hebbian_regularizer
 from nm_hebb_jax.losses.hebbian_rules import RULES, hebbian_rule_loss, hebbian_update
@@ -27,7 +28,6 @@ __all__ = [
     "center_loss",
     "cross_entropy",
     "ewc_penalty",
-    "fisher_diagonal",
     "gate_hypergradient",
     "gate_prior",
     "hebbian_regularizer",

@@ -30,6 +30,7 @@ from nm_hebb_jax.models.layers import (
     Array,
     Backbone,
     ConvBN,
+    UnitConfig,
     describe,
 )
 from nm_hebb_jax.models.mobilenet import MobileNetV2
@@ -45,22 +46,16 @@ __all__ = [
     "EfficientNetV2",
     "MobileNetV2",
     "ResNet",
+    "UnitConfig",
     "VGG",
     "collect_taps",
     "conv_layer_names",
     "embedding_dim",
     "get_model",
     "num_params",
+    "smoke_overrides",
     "validate_hebb_layers",
 ]
-
-MODEL_NAMES: tuple[str, ...] = (
-    "resnet18",
-    "vgg11",
-    "mobilenet_v2",
-    "efficientnet_v2_s",
-    "densenet121",
-)
 
 _REGISTRY: dict[str, type[Backbone]] = {
     "resnet18": ResNet,
@@ -69,6 +64,8 @@ _REGISTRY: dict[str, type[Backbone]] = {
     "efficientnet_v2_s": EfficientNetV2,
     "densenet121": DenseNet,
 }
+#: The backbone names :func:`get_model` accepts (``config.model.name``).
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 _NOT_OVERRIDABLE = frozenset({"parent", "name", "num_classes"})
 
@@ -120,6 +117,17 @@ def get_model(name: str, *, num_classes: int, **overrides: Any) -> Backbone:
     if model.hebb_layers:
         validate_hebb_layers(model, model.hebb_layers)
     return model
+
+
+def smoke_overrides(name: str) -> dict[str, Any]:
+    """The width/depth fields of backbone ``name``'s tiny CI variant (the configs' ``:smoke``).
+
+    Raises:
+      ValueError: unknown ``name``.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return dict(_REGISTRY[name].smoke_overrides)
 
 
 def conv_layer_names(model: nn.Module) -> tuple[str, ...]:

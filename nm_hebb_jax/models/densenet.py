@@ -25,7 +25,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, batch_norm, tap_kwargs
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, UnitConfig, batch_norm
 
 
 class DenseBottleneck(nn.Module):
@@ -35,30 +35,21 @@ class DenseBottleneck(nn.Module):
 
     Attributes:
       growth_rate: channels added (k); ``conv1`` has ``4 * k``.
-      hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      dtype: computation dtype.
-      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      unit: what the backbone's conv units share (:class:`~nm_hebb_jax.models.UnitConfig`).
     """
 
     growth_rate: int
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C]`` to ``[N, H, W, C + growth_rate]``."""
-        kw = tap_kwargs(self)
-        x = x.astype(self.dtype)
-        out = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.dtype, name="bn1")(x))
-        out = ConvBN(4 * self.growth_rate, 1, name="conv1", **kw)(out, train)
-        out = ConvBN(self.growth_rate, 3, use_norm=False, act=None, name="conv2", **kw)(out, train)
+        x = x.astype(self.unit.dtype)
+        out = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.unit.dtype, name="bn1")(x))
+        out = ConvBN(4 * self.growth_rate, 1, name="conv1", unit=self.unit)(out, train)
+        out = ConvBN(self.growth_rate, 3, use_norm=False, act=None, name="conv2", unit=self.unit)(
+            out, train
+        )
         return jnp.concatenate([out, x], axis=-1)
 
 
@@ -67,33 +58,23 @@ class Transition(nn.Module):
 
     Attributes:
       features: output channels.
-      hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      dtype: computation dtype.
-      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      unit: what the backbone's conv units share (:class:`~nm_hebb_jax.models.UnitConfig`).
     """
 
     features: int
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C]`` to ``[N, H // 2, W // 2, features]``."""
-        out = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.dtype, name="bn")(x))
+        out = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.unit.dtype, name="bn")(x))
         out = ConvBN(
             self.features,
             1,
             use_norm=False,
             act=None,
             name="conv",
-            **tap_kwargs(self),
+            unit=self.unit,
         )(out, train)
         return nn.avg_pool(out, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -125,18 +106,21 @@ class DenseNet(Backbone):
     init_features: int | None = None
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {"block_sizes": (1, 1), "growth_rate": 4}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
+        unit = self.unit()
         stem = 2 * self.growth_rate if self.init_features is None else self.init_features
-        x = ConvBN(stem, 3, use_norm=False, act=None, name="stem", **kw)(x, train)
+        x = ConvBN(stem, 3, use_norm=False, act=None, name="stem", unit=unit)(x, train)
         for i, num_blocks in enumerate(self.block_sizes, start=1):
             for j in range(num_blocks):
-                x = DenseBottleneck(self.growth_rate, name=f"stage{i}_block{j}", **kw)(x, train)
+                x = DenseBottleneck(self.growth_rate, name=f"stage{i}_block{j}", unit=unit)(
+                    x, train
+                )
             if i < len(self.block_sizes):
                 features = int(math.floor(x.shape[-1] * self.reduction))
-                x = Transition(features, name=f"transition{i}", **kw)(x, train)
+                x = Transition(features, name=f"transition{i}", unit=unit)(x, train)
         x = nn.relu(batch_norm(train=train, epsilon=1e-5, dtype=self.dtype, name="final_bn")(x))
         return self.pool_and_classify(x, train)

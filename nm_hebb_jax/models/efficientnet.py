@@ -24,10 +24,9 @@ from nm_hebb_jax.models.layers import (
     Array,
     Backbone,
     ConvBN,
-    Dtype,
+    UnitConfig,
     bias_init,
     make_divisible,
-    tap_kwargs,
     weight_init,
 )
 
@@ -57,23 +56,22 @@ class SqueezeExcitation(nn.Module):
 
     Attributes:
       squeeze_features: hidden width.
-      dtype: computation dtype.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN` (the 1x1 convs are conv layers).
+      unit: the backbone's :class:`~nm_hebb_jax.models.UnitConfig` (its dtype and initialisation:
+        the 1x1 convs are conv layers).
     """
 
     squeeze_features: int
-    dtype: Dtype = jnp.float32
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Rescales the channels of ``x`` ``[N, H, W, C]``; same shape out."""
         dense = lambda features, fan_in, name: nn.Dense(
             features,
-            dtype=self.dtype,
+            dtype=self.unit.dtype,
             param_dtype=jnp.float32,
-            kernel_init=weight_init(self.init_scheme),
-            bias_init=bias_init(self.init_scheme, fan_in),
+            kernel_init=weight_init(self.unit.init_scheme),
+            bias_init=bias_init(self.unit.init_scheme, fan_in),
             name=name,
         )
         scale = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -102,12 +100,7 @@ class MBConvBlock(nn.Module):
       strides: stride of the spatial conv.
       out_features: output channels.
       stochastic_depth_prob: drop probability of the residual branch.
-      hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      dtype: computation dtype.
-      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      unit: what the backbone's conv units share (:class:`~nm_hebb_jax.models.UnitConfig`).
     """
 
     block: str
@@ -116,17 +109,12 @@ class MBConvBlock(nn.Module):
     strides: int
     out_features: int
     stochastic_depth_prob: float = 0.0
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, out_features]``."""
-        kw = dict(bn_epsilon=BN_EPSILON, **tap_kwargs(self))
+        kw = dict(bn_epsilon=BN_EPSILON, unit=self.unit)
         in_features = x.shape[-1]
         expanded = make_divisible(in_features * self.expand_ratio, 8)
         k, s = self.kernel_size, self.strides
@@ -143,9 +131,7 @@ class MBConvBlock(nn.Module):
             out = ConvBN(expanded, k, s, groups=expanded, act="silu", name="conv2", **kw)(
                 out, train
             )
-            out = SqueezeExcitation(
-                max(1, in_features // 4), dtype=self.dtype, init_scheme=self.init_scheme, name="se"
-            )(out)
+            out = SqueezeExcitation(max(1, in_features // 4), unit=self.unit, name="se")(out)
             out = ConvBN(self.out_features, 1, act=None, name="conv3", **kw)(out, train)
         else:
             raise ValueError(f"unknown block type {self.block!r}; choose one of {_BLOCK_TYPES}")
@@ -153,7 +139,7 @@ class MBConvBlock(nn.Module):
             out = nn.Dropout(
                 rate=self.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train
             )(out)
-            out = out + x.astype(self.dtype)
+            out = out + x.astype(self.unit.dtype)
         return out
 
 
@@ -196,11 +182,20 @@ class EfficientNetV2(Backbone):
     stem_strides: int = 1
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {
+        "stages": (
+            ("fused", 1, 3, 1, 8, 1),
+            ("fused", 4, 3, 2, 16, 2),
+            ("mbconv", 4, 3, 2, 16, 2),
+        ),
+        "stem_features": 8,
+        "head_features": 32,
+    }
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
+        unit = self.unit()
         width = lambda c: make_divisible(c * self.width_mult, 8)
         depths = [int(math.ceil(row[5] * self.depth_mult)) for row in self.stages]
         total_blocks = sum(depths)
@@ -211,7 +206,7 @@ class EfficientNetV2(Backbone):
             act="silu",
             bn_epsilon=BN_EPSILON,
             name="stem",
-            **kw,
+            unit=unit,
         )(x, train)
         block_id = 0
         for i, ((block, expand, kernel, stride, out, _), depth) in enumerate(
@@ -226,10 +221,10 @@ class EfficientNetV2(Backbone):
                     width(out),
                     stochastic_depth_prob=self.stochastic_depth_prob * block_id / total_blocks,
                     name=f"stage{i}_block{j}",
-                    **kw,
+                    unit=unit,
                 )(x, train)
                 block_id += 1
-        x = ConvBN(self.head_features, 1, act="silu", bn_epsilon=BN_EPSILON, name="head", **kw)(
-            x, train
-        )
+        x = ConvBN(
+            self.head_features, 1, act="silu", bn_epsilon=BN_EPSILON, name="head", unit=unit
+        )(x, train)
         return self.pool_and_classify(x, train, dropout_rate=self.dropout_rate)

@@ -11,6 +11,8 @@ the ``'intermediates'`` collection::
 The kernel is the unit's own float32 parameter (the same traced array the conv uses), so a loss
 computed from it sends gradients to the parameter. Which activation is sown depends on
 ``hebb_activation`` (see :data:`HEBB_ACTIVATIONS`); the choice never changes the forward pass.
+The convolution itself is :func:`nm_hebb_jax.ops.conv`, which picks the backend's kernels: this
+module and the backbone files are architecture only.
 
 Conventions shared by all backbones:
   * Input NHWC; convolutions pad symmetrically by ``(k - 1) // 2`` like PyTorch's
@@ -28,13 +30,14 @@ Conventions shared by all backbones:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from nm_hebb_jax import ops
 
 Array = jax.Array
 Dtype = Any
@@ -118,312 +121,27 @@ def tap_pool(x: Array) -> Array:
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-#: Valid values of ``depthwise_impl`` (see :func:`depthwise_conv`).
-DEPTHWISE_IMPLS: tuple[str, ...] = ("auto", "conv", "shifts")
+@dataclasses.dataclass(frozen=True)
+class UnitConfig:
+    """What every conv unit of a backbone shares; the backbone sets it once, blocks pass it on.
 
-#: Valid values of ``conv_input_barrier`` (see :func:`materialize`): ``'auto'`` = on for the CPU
-#: backend only.
-CONV_INPUT_BARRIERS: tuple[str, ...] = ("auto", "on", "off")
-
-
-def tap_kwargs(module: nn.Module) -> dict[str, Any]:
-    """``hebb_layers``, ``hebb_activation``, ``dtype``, ``depthwise_impl``, ``conv_input_barrier``,
-    ``init_scheme``.
-
-    What a block passes on to its units. Blocks live inside a backbone whose ``unit_kwargs``
-    already resolved the tap names, so the values are forwarded unchanged.
+    Attributes:
+      hebb_layers: fully qualified module paths of the units that sow their activation and kernel.
+      hebb_activation: which activation a tapped unit sows, one of :data:`HEBB_ACTIVATIONS`.
+      dtype: computation dtype (parameters stay float32).
+      depthwise_impl: how a depthwise unit computes, one of :data:`nm_hebb_jax.ops.DEPTHWISE_IMPLS`.
+      conv_input_barrier: one of :data:`nm_hebb_jax.ops.CONV_INPUT_BARRIERS`; ``depthwise_impl``
+        and this are speed settings of :func:`nm_hebb_jax.ops.conv` (``'auto'``: the backend's
+        kernels): values and gradients are the same either way.
+      init_scheme: initialisation of every conv and dense layer, one of :data:`INITS`.
     """
-    return {
-        "hebb_layers": module.hebb_layers,
-        "hebb_activation": module.hebb_activation,
-        "dtype": module.dtype,
-        "depthwise_impl": module.depthwise_impl,
-        "conv_input_barrier": module.conv_input_barrier,
-        "init_scheme": module.init_scheme,
-    }
 
-
-def check_depthwise_impl(value: str) -> None:
-    """Raises a one-line ValueError unless ``value`` is one of :data:`DEPTHWISE_IMPLS`."""
-    _check_choice("depthwise_impl", value, DEPTHWISE_IMPLS)
-
-
-def resolve_depthwise_impl(impl: str) -> str:
-    """``'auto'`` -> ``'shifts'`` on the CPU backend, ``'conv'`` elsewhere; checks the value.
-
-    Raises:
-      ValueError: ``impl`` is not one of :data:`DEPTHWISE_IMPLS`.
-    """
-    check_depthwise_impl(impl)
-    if impl == "auto":
-        return "shifts" if jax.default_backend() == "cpu" else "conv"
-    return impl
-
-
-def check_conv_input_barrier(value: str) -> None:
-    """Raises a one-line ``ValueError`` unless ``value`` is in :data:`CONV_INPUT_BARRIERS`."""
-    _check_choice("conv_input_barrier", value, CONV_INPUT_BARRIERS)
-
-
-def resolve_conv_input_barrier(value: str) -> bool:
-    """``'auto'`` -> on for the CPU backend, off elsewhere; checks the value."""
-    check_conv_input_barrier(value)
-    if value == "auto":
-        return jax.default_backend() == "cpu"
-    return value == "on"
-
-
-def _rewrite_in_place(x: Array) -> Array:
-    """``x`` with ``x[:, 0, ..., 0]`` written back in place: the same values.
-
-    The slice spans the whole leading (batch) axis, so on a batch-sharded ``x`` every device
-    updates its own shard and nothing is communicated.
-    """
-    start = (0,) * x.ndim
-    column = jax.lax.dynamic_slice(x, start, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jax.lax.dynamic_update_slice(x, column, start)
-
-
-@jax.custom_jvp
-def materialize(x: Array) -> Array:
-    """Identity that keeps ``x`` in memory as computed, so XLA reads it instead of recomputing it.
-
-    For the kernel gradient of a convolution, XLA:CPU transposes the layer's input from NHWC to
-    CHWN. When that input is BatchNorm + ReLU (+ residual) of a stored map, XLA fuses the
-    elementwise chain into the transpose and recomputes it there, and the fused loop writes the
-    transpose with strided stores instead of XLA's tiled transpose (BENCHMARKS.md: cases
-    ``dense_layer_after_bn`` and ``dense_layer_after_bn_barrier`` of
-    ``experiments/bench/conv_micro.py``). Here ``x`` is rewritten in place by a
-    ``dynamic_update_slice`` of a slice of its own. XLA does not fuse an in-place update into its
-    consumers, so the transpose reads the stored ``x``.
-
-    The values are unchanged (bit for bit) and the tangent passes through unchanged
-    (``custom_jvp``), so the backward pass has no extra work (it transposes to the identity) and
-    forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) still works; the compiled training step is
-    the same as with a ``custom_vjp`` identity. On GPU and TPU the compilers choose layouts
-    themselves, so :func:`conv2d` applies this on CPU only by default (``conv_input_barrier``).
-    """
-    return _rewrite_in_place(x)
-
-
-@materialize.defjvp
-def _materialize_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    return _rewrite_in_place(x), t
-
-
-def conv2d(
-    x: Array, kernel: Array, strides: int, groups: int = 1, input_barrier: bool = False
-) -> Array:
-    """``lax.conv_general_dilated`` in NHWC/HWIO with symmetric padding ``(k - 1) // 2``.
-
-    ``input_barrier``: pass ``x`` through :func:`materialize` first (same values and gradients).
-    A map smaller than the kernel (VGG-11's last 2x2 stage at 32x32 input) goes through
-    :func:`conv2d_as_matmul` instead: XLA swaps such a convolution's operands, and XLA:CPU then
-    runs it ~100x slower than the equivalent matrix product (BENCHMARKS.md, notes: "maps smaller
-    than the kernel").
-    """
-    pad = (kernel.shape[0] - 1) // 2
-    if input_barrier:
-        x = materialize(x)
-    if groups == 1 and min(x.shape[1], x.shape[2]) < kernel.shape[0]:
-        return conv2d_as_matmul(x, kernel, strides)
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
-
-
-def conv2d_as_matmul(x: Array, kernel: Array, strides: int) -> Array:
-    """:func:`conv2d` (``groups=1``, padding ``(k - 1) // 2``) as one matrix product.
-
-    The k*k shifted, strided windows of the zero-padded input (:func:`_shifted_windows`, the
-    depthwise sum's) are concatenated along channels (``[N, Ho, Wo, k*k*C]``, tap-major like the
-    HWIO kernel) and multiplied by the kernel
-    reshaped to ``[k*k*C, C_out]``. The same sums as the convolution, in another order (float
-    rounding). Meant for small maps, where the window copies cost little.
-    """
-    k, _, c, c_out = kernel.shape
-    windows = _shifted_windows(x, k, strides)
-    n, ho, wo, _ = windows[0].shape
-    patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, k * k * c)
-    return (patches @ kernel.reshape(k * k * c, c_out)).reshape(n, ho, wo, c_out)
-
-
-def depthwise_conv(x: Array, kernel: Array, strides: int, impl: str = "auto") -> Array:
-    """Depthwise convolution (one filter per channel), symmetric padding ``(k - 1) // 2``.
-
-    ``impl='conv'`` is ``lax.conv_general_dilated`` with ``feature_group_count = C``.
-    ``impl='shifts'`` computes the same sum as k*k shifted, strided slices of the padded input
-    times the per-channel taps: elementwise work that XLA fuses into one loop, where XLA:CPU's
-    grouped convolution is slow (BENCHMARKS.md, ``experiments/bench/conv_micro.py``). Its kernel
-    gradient is :func:`depthwise_kernel_grad` (a ``custom_vjp``), which reads each chunk of the
-    batch once for all k*k taps instead of streaming the whole batch k*k times; its input
-    gradient is :func:`depthwise_input_grad`, the same shifted sum over the cotangent with the
-    flipped kernel. Gradients agree with autodiff to float32 rounding (summation order).
-    Being a ``custom_vjp``, ``'shifts'`` supports reverse-mode autodiff only; use ``'conv'`` for
-    ``jax.jvp`` / ``jax.jacfwd`` through the layer.
-
-    ``'auto'``: see :func:`resolve_depthwise_impl`.
-
-    Args:
-      x: ``[N, H, W, C]``.
-      kernel: ``[k, k, 1, C]`` (HWIO with one input channel per group).
-      strides: spatial stride.
-      impl: ``'auto'``, ``'conv'`` or ``'shifts'``.
-
-    Returns:
-      ``[N, Ho, Wo, C]``: ``Ho = ceil(H / strides)`` for odd k, in general
-      ``(H + 2 * ((k - 1) // 2) - k) // strides + 1`` (the same for ``W``).
-    """
-    if resolve_depthwise_impl(impl) == "conv":
-        return conv2d(x, kernel, strides, groups=x.shape[-1])
-    return _depthwise_shifts(x, kernel, strides)
-
-
-def _shifted_windows(x: Array, k: int, strides: int) -> list[Array]:
-    """The k*k strided windows of the zero-padded ``x`` that tap (i, j) multiplies, row-major."""
-    pad = (k - 1) // 2
-    n, h, w, c = x.shape
-    ho, wo = (h + 2 * pad - k) // strides + 1, (w + 2 * pad - k) // strides + 1
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    return [
-        jax.lax.slice(
-            xp,
-            (0, i, j, 0),
-            (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
-            (1, strides, strides, 1),
-        )
-        for i in range(k)
-        for j in range(k)
-    ]
-
-
-def _depthwise_sum(x: Array, kernel: Array, strides: int) -> Array:
-    k = kernel.shape[0]
-    out = None
-    for t, window in enumerate(_shifted_windows(x, k, strides)):
-        term = window * kernel[t // k, t % k, 0]
-        out = term if out is None else out + term
-    return out
-
-
-#: Bytes of input plus output gradient that one step of :func:`depthwise_kernel_grad`'s loop
-#: reads (a cache-sized chunk of the batch; ``experiments/bench/conv_micro.py`` picks it).
-DEPTHWISE_GRAD_CHUNK_BYTES = 4 << 20
-
-
-def depthwise_kernel_grad(
-    x: Array, g: Array, k: int, strides: int, chunk_bytes: int = DEPTHWISE_GRAD_CHUNK_BYTES
-) -> Array:
-    """Gradient of :func:`depthwise_conv`'s kernel: ``Σ_{n,h,w} window_ij[n,h,w,c] · g[n,h,w,c]``.
-
-    Written as k*k reductions over the whole batch, XLA:CPU streams ``x`` and ``g`` from memory
-    once per tap. Here a ``lax.scan`` over chunks of the batch (the largest divisor of ``N``
-    whose ``x`` and ``g`` fit in ``chunk_bytes``) computes all taps of a chunk while it is in
-    cache, in one variadic reduction (one pass over the chunk for all k*k sums, instead of k*k
-    reductions), accumulating in float32 (BENCHMARKS.md, conv_micro's
-    ``depthwise_shifts_dw*`` cases).
-
-    Args:
-      x: the layer input ``[N, H, W, C]``.
-      g: the output cotangent ``[N, Ho, Wo, C]``.
-      k: kernel size.
-      strides: spatial stride.
-      chunk_bytes: cache budget of one loop step.
-
-    Returns:
-      ``[k, k, 1, C]`` in float32.
-    """
-    n, c = x.shape[0], x.shape[-1]
-    per_example = (x[0].size * x.dtype.itemsize) + (g[0].size * g.dtype.itemsize)
-    fits = [d for d in range(1, n + 1) if n % d == 0 and d * per_example <= chunk_bytes]
-    b = max(fits, default=1)
-
-    def taps(xq: Array, gq: Array) -> Array:
-        # one variadic reduction: a single pass over the chunk computes all k*k sums
-        prods = tuple(
-            (window * gq).astype(jnp.float32) for window in _shifted_windows(xq, k, strides)
-        )
-        sums = jax.lax.reduce(
-            prods,
-            tuple(jnp.zeros((), jnp.float32) for _ in prods),
-            lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
-            (0, 1, 2),
-        )
-        return jnp.stack(sums)
-
-    if b == n:
-        acc = taps(x, g)
-    else:
-        chunks = (x.reshape(n // b, b, *x.shape[1:]), g.reshape(n // b, b, *g.shape[1:]))
-        acc, _ = jax.lax.scan(
-            lambda a, xg: (a + taps(*xg), None), jnp.zeros((k * k, c), jnp.float32), chunks
-        )
-    return acc.reshape(k, k, 1, c)
-
-
-def depthwise_input_grad(g: Array, kernel: Array, strides: int, size: tuple[int, int]) -> Array:
-    """Gradient of :func:`depthwise_conv`'s input: the cotangent correlated with the flipped kernel.
-
-    Autodiff of the shifted slices gives k*k zero-padded copies of ``g * tap``, summed. XLA:CPU
-    fuses that sum with the cotangent's producer (BatchNorm's backward, the activation mask),
-    recomputing the producer once per tap, and checks every tap's padding bounds per element.
-    Here the cotangent (dilated with ``strides - 1`` zeros between rows and columns when
-    ``strides > 1``, so that it has the input's size) goes through :func:`_depthwise_sum` with
-    the flipped kernel: the same k*k products and sums, as slices of one padded copy of the
-    cotangent, which XLA:CPU writes once (BENCHMARKS.md, notes: "flipped-kernel input gradient").
-
-    Args:
-      g: the output cotangent ``[N, Ho, Wo, C]``.
-      kernel: ``[k, k, 1, C]``.
-      strides: the layer's spatial stride.
-      size: the input's ``(H, W)``.
-
-    Returns:
-      ``[N, H, W, C]``.
-    """
-    h, w = size
-    k = kernel.shape[0]
-    # The forward pads (k - 1) // 2 on each side; its transpose needs k - 1 - (k - 1) // 2 before:
-    # one more than _depthwise_sum's own padding when k is even.
-    low = k - 1 - 2 * ((k - 1) // 2)
-    if strides > 1 or low:
-        _, ho, wo, _ = g.shape
-        g = jax.lax.pad(
-            g,
-            jnp.zeros((), g.dtype),
-            (
-                (0, 0, 0),
-                (low, h - (ho - 1) * strides - 1, strides - 1),
-                (low, w - (wo - 1) * strides - 1, strides - 1),
-                (0, 0, 0),
-            ),
-        )
-    return _depthwise_sum(g, kernel[::-1, ::-1], 1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_shifts(x: Array, kernel: Array, strides: int) -> Array:
-    return _depthwise_sum(x, kernel, strides)
-
-
-def _depthwise_shifts_fwd(x, kernel, strides):
-    return _depthwise_sum(x, kernel, strides), (x, kernel)
-
-
-def _depthwise_shifts_bwd(strides, residuals, g):
-    x, kernel = residuals
-    dx = depthwise_input_grad(g, kernel, strides, x.shape[1:3])
-    dk = depthwise_kernel_grad(x, g, kernel.shape[0], strides)
-    return dx, dk.astype(kernel.dtype)
-
-
-_depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
+    hebb_layers: tuple[str, ...] = ()
+    hebb_activation: str = "post"
+    dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
+    conv_input_barrier: str = "auto"
+    init_scheme: str = "fan_out"
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -488,16 +206,7 @@ class ConvBN(nn.Module):
       use_norm: apply BatchNorm after the conv.
       act: ``'relu'``, ``'silu'`` or ``None`` (no activation, e.g. a linear projection).
       bn_epsilon: BatchNorm epsilon.
-      hebb_layers: fully qualified module paths of the units that sow.
-      hebb_activation: one of :data:`HEBB_ACTIVATIONS`.
-      dtype: computation dtype.
-      depthwise_impl: how a depthwise unit (``groups == C_in == features``) computes its
-        convolution, one of :data:`DEPTHWISE_IMPLS` (see :func:`depthwise_conv`); other units
-        ignore it.
-      conv_input_barrier: whether a non-depthwise unit passes its input through
-        :func:`materialize`, one of :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only). The
-        values and gradients are the same either way; only XLA:CPU's speed changes.
-      init_scheme: initialisation scheme, one of :data:`INITS`.
+      unit: what the backbone's units share (taps, dtype, kernels, initialisation).
     """
 
     features: int
@@ -508,12 +217,7 @@ class ConvBN(nn.Module):
     use_norm: bool = True
     act: str | None = "relu"
     bn_epsilon: float = 1e-5
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -531,34 +235,36 @@ class ConvBN(nn.Module):
             raise ValueError(
                 f"{in_features} input channels are not divisible by groups={self.groups}"
             )
-        k = self.kernel_size
+        k, unit = self.kernel_size, self.unit
         kernel = self.param(
             "kernel",
-            weight_init(self.init_scheme),
+            weight_init(unit.init_scheme),
             (k, k, in_features // self.groups, self.features),
             jnp.float32,
         )
-        x, kernel_c = x.astype(self.dtype), kernel.astype(self.dtype)
-        barrier = resolve_conv_input_barrier(self.conv_input_barrier)
-        if self.groups > 1 and self.groups == in_features == self.features:
-            y = depthwise_conv(x, kernel_c, self.strides, self.depthwise_impl)
-        else:
-            y = conv2d(x, kernel_c, self.strides, self.groups, input_barrier=barrier)
+        y = ops.conv(
+            x.astype(unit.dtype),
+            kernel.astype(unit.dtype),
+            self.strides,
+            self.groups,
+            depthwise_impl=unit.depthwise_impl,
+            input_barrier=unit.conv_input_barrier,
+        )
         if self.use_bias:
             fan_in = k * k * in_features // self.groups
             bias = self.param(
-                "bias", bias_init(self.init_scheme, fan_in), (self.features,), jnp.float32
+                "bias", bias_init(unit.init_scheme, fan_in), (self.features,), jnp.float32
             )
-            y = y + bias.astype(self.dtype)
+            y = y + bias.astype(unit.dtype)
         pre = y
         if self.use_norm:
-            y = batch_norm(train=train, epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(y)
+            y = batch_norm(train=train, epsilon=self.bn_epsilon, dtype=unit.dtype, name="bn")(y)
         y = _ACTIVATIONS[self.act](y)
-        if self.hebb_layers and "/".join(self.path) in self.hebb_layers:
-            check_hebb_activation(self.hebb_activation)
-            if self.hebb_activation == "pre":
+        if unit.hebb_layers and "/".join(self.path) in unit.hebb_layers:
+            check_hebb_activation(unit.hebb_activation)
+            if unit.hebb_activation == "pre":
                 tap = pre
-            elif self.hebb_activation == "post":
+            elif unit.hebb_activation == "post":
                 tap = y
             else:
                 tap = tap_pool(y)
@@ -579,10 +285,11 @@ class Backbone(nn.Module):
         conv units that sow their activation and kernel; see ``conv_layer_names()``.
       hebb_activation: which activation the tapped units sow, one of :data:`HEBB_ACTIVATIONS`.
       dtype: computation dtype (params stay float32; logits and embedding come back float32).
-      depthwise_impl: how depthwise convolutions are computed, one of :data:`DEPTHWISE_IMPLS`
-        (``'auto'``: shifted slices on CPU, ``lax`` grouped convolution elsewhere).
-      conv_input_barrier: pass each convolution's input through :func:`materialize`, one of
-        :data:`CONV_INPUT_BARRIERS` (``'auto'``: on CPU only; a speed setting, results unchanged).
+      depthwise_impl: how depthwise convolutions are computed, one of
+        :data:`nm_hebb_jax.ops.DEPTHWISE_IMPLS` (``'auto'``: the backend's choice).
+      conv_input_barrier: pass each convolution's input through an in-place barrier, one of
+        :data:`nm_hebb_jax.ops.CONV_INPUT_BARRIERS` (``'auto'``: the backend's choice; a speed
+        setting, results unchanged).
       init_scheme: initialisation scheme of every conv and dense layer, one of :data:`INITS`
         (``'fan_out'``; ``'torch_default'`` = PyTorch's defaults).
     """
@@ -597,6 +304,9 @@ class Backbone(nn.Module):
 
     #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
     default_hebb_layer: ClassVar[str] = ""
+    #: The tiny variant for CI (``get_model(..., smoke=True)``, the configs' ``:smoke``): width and
+    #: depth fields that make the model compile and run in seconds.
+    smoke_overrides: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
         """Checks ``hebb_activation`` and makes ``hebb_layers`` a tuple (one-line errors)."""
@@ -608,30 +318,27 @@ class Backbone(nn.Module):
         if not isinstance(self.hebb_layers, tuple):
             object.__setattr__(self, "hebb_layers", tuple(self.hebb_layers))
         check_hebb_activation(self.hebb_activation)
-        check_depthwise_impl(self.depthwise_impl)
-        check_conv_input_barrier(self.conv_input_barrier)
+        ops.check_depthwise_impl(self.depthwise_impl)
+        ops.check_conv_input_barrier(self.conv_input_barrier)
         _check_choice("init_scheme", self.init_scheme, INITS)
         super().__post_init__()
 
-    def unit_kwargs(self) -> dict[str, Any]:
-        """Fields to pass to every child block / :class:`ConvBN` (call inside ``__call__``).
+    def unit(self) -> UnitConfig:
+        """The :class:`UnitConfig` every child block and :class:`ConvBN` gets (call inside
+        ``__call__``).
 
         The layer names are qualified with this backbone's own module path, so the tap names stay
         relative to the backbone when it is nested inside a bigger Flax module.
-
-        Returns:
-          ``{'hebb_layers': ..., 'hebb_activation': ..., 'dtype': ..., 'depthwise_impl': ...,
-          'conv_input_barrier': ..., 'init_scheme': ...}``.
         """
         prefix = tuple(self.path)
-        return {
-            "hebb_layers": tuple("/".join((*prefix, name)) for name in self.hebb_layers),
-            "hebb_activation": self.hebb_activation,
-            "dtype": self.dtype,
-            "depthwise_impl": self.depthwise_impl,
-            "conv_input_barrier": self.conv_input_barrier,
-            "init_scheme": self.init_scheme,
-        }
+        return UnitConfig(
+            hebb_layers=tuple("/".join((*prefix, name)) for name in self.hebb_layers),
+            hebb_activation=self.hebb_activation,
+            dtype=self.dtype,
+            depthwise_impl=self.depthwise_impl,
+            conv_input_barrier=self.conv_input_barrier,
+            init_scheme=self.init_scheme,
+        )
 
     def pool_and_classify(
         self, x: Array, train: bool, dropout_rate: float = 0.0

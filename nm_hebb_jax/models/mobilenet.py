@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, make_divisible, tap_kwargs
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, UnitConfig, make_divisible
 
 #: kuangliu/pytorch-cifar ``MobileNetV2.cfg``: ``(expansion, out_planes, num_blocks, stride)``.
 MOBILENET_V2_CFG: tuple[tuple[int, int, int, int], ...] = (
@@ -44,38 +43,31 @@ class InvertedResidual(nn.Module):
       expansion: expansion factor of ``conv1``.
       out_features: output channels.
       strides: depthwise stride (1 or 2).
-      hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      dtype: computation dtype.
-      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      unit: what the backbone's conv units share (:class:`~nm_hebb_jax.models.UnitConfig`).
     """
 
     expansion: int
     out_features: int
     strides: int = 1
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, out_features]``."""
-        kw = tap_kwargs(self)
         in_features = x.shape[-1]
         planes = self.expansion * in_features
-        out = ConvBN(planes, 1, name="conv1", **kw)(x, train)
-        out = ConvBN(planes, 3, self.strides, groups=planes, name="conv2", **kw)(out, train)
-        out = ConvBN(self.out_features, 1, act=None, name="conv3", **kw)(out, train)
+        out = ConvBN(planes, 1, name="conv1", unit=self.unit)(x, train)
+        out = ConvBN(planes, 3, self.strides, groups=planes, name="conv2", unit=self.unit)(
+            out, train
+        )
+        out = ConvBN(self.out_features, 1, act=None, name="conv3", unit=self.unit)(out, train)
         if self.strides == 1:
             if in_features != self.out_features:
-                shortcut = ConvBN(self.out_features, 1, act=None, name="shortcut", **kw)(x, train)
+                shortcut = ConvBN(self.out_features, 1, act=None, name="shortcut", unit=self.unit)(
+                    x, train
+                )
             else:
-                shortcut = x.astype(self.dtype)
+                shortcut = x.astype(self.unit.dtype)
             out = out + shortcut
         return out
 
@@ -108,6 +100,11 @@ class MobileNetV2(Backbone):
     width_mult: float = 1.0
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {
+        "cfg": ((1, 8, 1, 1), (2, 16, 2, 1), (2, 16, 1, 2)),
+        "stem_features": 8,
+        "head_features": 32,
+    }
 
     def _width(self, channels: int) -> int:
         if self.width_mult == 1.0:
@@ -117,8 +114,8 @@ class MobileNetV2(Backbone):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
-        x = ConvBN(self._width(self.stem_features), 3, 1, name="stem", **kw)(x, train)
+        unit = self.unit()
+        x = ConvBN(self._width(self.stem_features), 3, 1, name="stem", unit=unit)(x, train)
         for i, (expansion, out_planes, num_blocks, stride) in enumerate(self.cfg, start=1):
             for j in range(num_blocks):
                 x = InvertedResidual(
@@ -126,7 +123,7 @@ class MobileNetV2(Backbone):
                     self._width(out_planes),
                     strides=stride if j == 0 else 1,
                     name=f"stage{i}_block{j}",
-                    **kw,
+                    unit=unit,
                 )(x, train)
-        x = ConvBN(self.head_features, 1, name="head", **kw)(x, train)
+        x = ConvBN(self.head_features, 1, name="head", unit=unit)(x, train)
         return self.pool_and_classify(x, train)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, Dtype, tap_kwargs
+from nm_hebb_jax.models.layers import Array, Backbone, ConvBN, UnitConfig
 
 
 class BasicBlock(nn.Module):
@@ -27,35 +26,24 @@ class BasicBlock(nn.Module):
     Attributes:
       features: output channels.
       strides: stride of ``conv1`` and of the shortcut.
-      hebb_layers: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      hebb_activation: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      dtype: computation dtype.
-      depthwise_impl: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      conv_input_barrier: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
-      init_scheme: see :class:`~nm_hebb_jax.models.layers.ConvBN`.
+      unit: what the backbone's conv units share (:class:`~nm_hebb_jax.models.UnitConfig`).
     """
 
     features: int
     strides: int = 1
-    hebb_layers: tuple[str, ...] = ()
-    hebb_activation: str = "post"
-    dtype: Dtype = jnp.float32
-    depthwise_impl: str = "auto"
-    conv_input_barrier: str = "auto"
-    init_scheme: str = "fan_out"
+    unit: UnitConfig = UnitConfig()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Maps ``[N, H, W, C_in]`` to ``[N, H / strides, W / strides, features]``."""
-        kw = tap_kwargs(self)
-        out = ConvBN(self.features, 3, self.strides, name="conv1", **kw)(x, train)
-        out = ConvBN(self.features, 3, 1, act=None, name="conv2", **kw)(out, train)
+        out = ConvBN(self.features, 3, self.strides, name="conv1", unit=self.unit)(x, train)
+        out = ConvBN(self.features, 3, 1, act=None, name="conv2", unit=self.unit)(out, train)
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = ConvBN(self.features, 1, self.strides, act=None, name="shortcut", **kw)(
-                x, train
-            )
+            shortcut = ConvBN(
+                self.features, 1, self.strides, act=None, name="shortcut", unit=self.unit
+            )(x, train)
         else:
-            shortcut = x.astype(self.dtype)
+            shortcut = x.astype(self.unit.dtype)
         return nn.relu(out + shortcut)
 
 
@@ -82,18 +70,19 @@ class ResNet(Backbone):
     width: int = 64
 
     default_hebb_layer: ClassVar[str] = "stage2_block0/conv1"
+    smoke_overrides: ClassVar[dict] = {"stage_sizes": (1, 1, 1, 1), "width": 4}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
-        x = ConvBN(self.width, 3, 1, name="stem", **kw)(x, train)
+        unit = self.unit()
+        x = ConvBN(self.width, 3, 1, name="stem", unit=unit)(x, train)
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = BasicBlock(
                     self.width * 2**i,
                     strides=2 if (i > 0 and j == 0) else 1,
                     name=f"stage{i + 1}_block{j}",
-                    **kw,
+                    unit=unit,
                 )(x, train)
         return self.pool_and_classify(x, train)

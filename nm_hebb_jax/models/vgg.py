@@ -48,11 +48,12 @@ class VGG(Backbone):
     conv_bias: bool = False
 
     default_hebb_layer: ClassVar[str] = "stage2_conv0"
+    smoke_overrides: ClassVar[dict] = {"cfg": (8, "M", 16, "M")}
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Classifies ``x`` ``[N, H, W, 3]``; returns ``(logits, {'embedding': ...})``."""
-        kw = self.unit_kwargs()
+        unit = self.unit()
         stage, index = 1, 0
         for item in self.cfg:
             if item == "M":
@@ -60,7 +61,12 @@ class VGG(Backbone):
                 stage, index = stage + 1, 0
             else:
                 x = ConvBN(
-                    int(item), 3, 1, use_bias=self.conv_bias, name=f"stage{stage}_conv{index}", **kw
+                    int(item),
+                    3,
+                    1,
+                    use_bias=self.conv_bias,
+                    name=f"stage{stage}_conv{index}",
+                    unit=unit,
                 )(x, train)
                 index += 1
         return self.pool_and_classify(x, train)

@@ -1,7 +1,8 @@
 """The two-phase NM-Hebb trainer: state, steps, sharding, checkpoints, loop."""
 
+from nm_hebb_jax.train.ewc import init_ewc_state
 from nm_hebb_jax.train.hypergradient import init_hyper, make_phi_optimizer
-from nm_hebb_jax.train.state import TrainState, init_ewc_state, make_optimizer
+from nm_hebb_jax.train.state import TrainState, make_optimizer
 
 __all__ = [
     "TrainState",

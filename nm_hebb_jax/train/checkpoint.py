@@ -1,8 +1,8 @@
 """Checkpointing: the one module that talks to orbax.
 
 Two ``orbax.checkpoint.CheckpointManager`` s per workdir: ``checkpoints/`` (every N steps and at
-each
-phase end, keep K) and ``best/`` (the best validation Top-1, keep 1). Each checkpoint has two items:
+each phase end, keep K) and ``best/`` (the best validation Top-1, keep 1). Each checkpoint has two
+items:
 ``state`` (``{'train': TrainState, 'ewc': {'anchor', 'fisher'}}``, restored against an abstract,
 sharded target) and ``meta`` (JSON: phase, step, model, method, dataset, metrics).
 """

@@ -25,7 +25,8 @@ Cost: computing g_R separately every step would need a backward pass through the
 the tap, so the buffer is filled and used every ``nm.hyper_every`` = k steps: phase-local step
 ``t`` with ``t % k == k − 1`` stores g_R,t, step ``t + 1`` (``% k == 0``) applies. Each runs in
 its own compiled variant of the train step (:func:`hyper_variant`): on XLA:CPU, g_R inside a
-``lax.cond`` branch ran 38x slower than at the top level of a jitted step. ``nm.hyper_g_r``:
+``lax.cond`` branch runs far slower than at the top level of a jitted step (BENCHMARKS.md).
+``nm.hyper_g_r``:
 ``'recompute'`` computes g_R,t+1 on the applying step too (exact); ``'reuse'`` takes the stored
 g_R,t as its estimate (one g_R pass per k steps).
 """
@@ -102,6 +103,21 @@ def hyper_variant(t: int, hyper_every: int, g_r_mode: str = "recompute") -> bool
     if g_r_mode == "recompute" or k == 1:
         return True
     return "store" if t % k == k - 1 else "apply"
+
+
+#: The compiled variant of each ``hyper_step`` value, by name (``Trainer.compiled`` keys).
+STEP_VARIANT_NAMES: dict[bool | str, str] = {
+    True: "hyper",
+    "store": "hyper_store",
+    "apply": "hyper_apply",
+}
+
+
+def step_variants(hyper_every: int, g_r_mode: str = "recompute") -> tuple[bool | str, ...]:
+    """The hypergradient variants a phase runs besides the plain step (each compiled once)."""
+    k = max(int(hyper_every), 1)
+    used = {hyper_variant(t, k, g_r_mode) for t in range(k)} - {False}
+    return tuple(sorted(used, key=str))
 
 
 def gate_reference_metrics(neuromod, phi: PyTree) -> dict[str, Array]:

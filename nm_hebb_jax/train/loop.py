@@ -1,20 +1,18 @@
 """``train_and_evaluate(config, workdir)``: both phases of NM-Hebb, resumable, on any mesh.
 
-Order of work: validate everything that can be validated without compiling (config, data, model,
-tap names, workdir), then build the phase-1 step (compiled once), run it, refresh EWC, build the
-phase-2 step (compiled once), run it. A workdir that holds a checkpoint is resumed (phase, step, EWC
-state; the data stream is a pure function of the step); one that holds a finished run is refused.
+Order of work: :func:`~nm_hebb_jax.train.validate.build_run` checks the config and builds data,
+model and mesh (nothing compiled); a workdir holding a checkpoint of the same run is resumed
+(phase, step, EWC state; the data stream is a pure function of the step), one holding a finished
+run is refused (:mod:`~nm_hebb_jax.train.resume`). Then, per phase, the :class:`Trainer` builds the
+phase's steps (each compiled once) and :func:`run_phase` runs them: log, validate, checkpoint, stop
+on request (:mod:`~nm_hebb_jax.train.preemption`). Phase 1 refreshes the EWC state online, phase 2
+anchors it at the end of phase 1 (:mod:`~nm_hebb_jax.train.ewc`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -23,255 +21,70 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nm_hebb_jax import losses
-from nm_hebb_jax.config_base import METHODS, data_config
-from nm_hebb_jax.data import build_dataset
-from nm_hebb_jax.models import get_model, validate_hebb_layers
-from nm_hebb_jax.neuromod import Neuromodulator
+from nm_hebb_jax.errors import NonFiniteError, Preempted, RunError
+from nm_hebb_jax.models import embedding_dim
+from nm_hebb_jax.train import ewc as E
 from nm_hebb_jax.train import methods as M
+from nm_hebb_jax.train import resume
 from nm_hebb_jax.train import sharding as S
-from nm_hebb_jax.train.checkpoint import (
-    Checkpointer,
-    CorruptCheckpointError,
-    restore_params_only,
-    tree_signature,
-)
+from nm_hebb_jax.train.checkpoint import Checkpointer
+from nm_hebb_jax.train.debug import with_debug_hooks
 from nm_hebb_jax.train.hypergradient import (
-    PHI_OPTIMIZERS,
+    STEP_VARIANT_NAMES,
     hyper_variant,
     init_hyper,
     make_phi_optimizer,
+    step_variants,
 )
-from nm_hebb_jax.train.state import (
-    TrainState,
-    init_ewc_state,
-    init_params,
-    make_optimizer,
-    make_schedule,
-)
-from nm_hebb_jax.train.steps import (
-    make_eval_step,
-    make_fisher_fn,
-    make_train_step,
-)
+from nm_hebb_jax.train.preemption import StopSignal
+from nm_hebb_jax.train.state import TrainState, init_params, make_optimizer, make_schedule
+from nm_hebb_jax.train.steps import make_eval_step, make_train_step
+from nm_hebb_jax.train.validate import DONATE_STATE, Run, build_run, durations
 from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
+__all__ = [
+    "DONATE_STATE",
+    "NonFiniteError",
+    "Preempted",
+    "Run",
+    "RunError",
+    "Trainer",
+    "build_run",
+    "durations",
+    "run_phase",
+    "train_and_evaluate",
+]
+
 PyTree = Any
-
-
-#: Values of ``config.donate_state``.
-DONATE_STATE: tuple[str, ...] = ("auto", "always", "never")
 
 
 def donates_state(config) -> bool:
     """Whether the train steps donate their input state (``config.donate_state``).
 
     ``'auto'``: on GPU/TPU, where in-place updates save memory, and not on the CPU backend, where
-    the state is small next to a step's temporaries and the donated ResNet-18 CE step measured no
-    faster (7% slower before ``conv_input_barrier``; BENCHMARKS.md).
+    the state is small next to a step's temporaries and donation measured no faster
+    (BENCHMARKS.md).
     """
     mode = config.get("donate_state", "auto")
     return mode == "always" or (mode == "auto" and jax.default_backend() != "cpu")
 
 
-class RunError(ValueError):
-    """A problem with the run's input, reported as one line before anything is compiled."""
-
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything built from a config before training (no compilation)."""
-
-    config: Any
-    dataset: Any
-    model: Any
-    num_classes: int
-    hebb_layers: tuple[str, ...]
-    steps: tuple[int, int]
-    mesh: Any
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps[0] + self.steps[1]
-
-
-def phase_steps(phase_cfg, steps_per_epoch: int) -> int:
-    """A phase's step count: ``num_steps`` when ≥ 0, else ``round(epochs × steps_per_epoch)``."""
-    if phase_cfg.num_steps >= 0:
-        return int(phase_cfg.num_steps)
-    return int(round(phase_cfg.epochs * steps_per_epoch))
-
-
-def _dtype(name: str):
-    if name not in ("float32", "bfloat16"):
-        raise RunError(f"unknown model.dtype {name!r}; use 'float32' or 'bfloat16'")
-    return jnp.float32 if name == "float32" else jnp.bfloat16
-
-
-def _check_settings(config, mesh) -> None:
-    """One-line RunError for settings that would otherwise fail (or silently diverge) only after
-    compilation: learning rates, durations, intervals, EWC sizes, the P×K batch, the eval batch."""
-
-    def number(name: str, value, *, minimum: float = 0.0) -> None:
-        if not math.isfinite(float(value)) or float(value) < minimum:
-            raise RunError(f"{name}={value!r} must be a finite number >= {minimum:g}")
-
-    def count(name: str, value) -> None:
-        if int(value) < 1:
-            raise RunError(f"{name}={value} must be a positive integer")
-
-    for name in ("base_lr", "warmup_epochs", "momentum", "weight_decay", "grad_clip"):
-        number(f"optim.{name}", config.optim[name])
-    number("phase2.lr_factor", config.phase2.lr_factor)
-    number("ewc.refresh_epochs", config.ewc.refresh_epochs)
-    for phase in ("phase1", "phase2"):
-        if config[phase].num_steps < -1:
-            raise RunError(
-                f"{phase}.num_steps={config[phase].num_steps} must be >= 0, or -1 to derive it "
-                f"from {phase}.epochs"
-            )
-        if config[phase].num_steps == -1:
-            number(f"{phase}.epochs", config[phase].epochs)
-    for group, name in (
-        ("eval", "batch_size"),
-        ("log", "every_steps"),
-        ("log", "eval_every_steps"),
-        ("ckpt", "every_steps"),
-        ("ewc", "fisher_examples"),
-        ("ewc", "chunk_size"),
-    ):
-        count(f"{group}.{name}", config[group][name])
-    n = mesh.devices.size * jax.process_count()
-    if config.eval.batch_size % n:
-        raise RunError(
-            f"eval.batch_size {config.eval.batch_size} is not divisible by the {mesh.devices.size} "
-            f"devices ({jax.process_count()} processes); set --config.eval.batch_size to a "
-            f"multiple of {n}"
-        )
-    if config.hebb.stop_gradient not in losses.STOP_GRADIENT_MODES:
-        raise RunError(
-            f"unknown hebb.stop_gradient {config.hebb.stop_gradient!r}; use one of "
-            f"{', '.join(map(repr, losses.STOP_GRADIENT_MODES))}"
-        )
-    terms = M.method_terms(config, 2)
-    k = config.phase2.k_per_class
-    if config.phase2.balanced and ("pair" in terms or "supcon" in terms):
-        if not 1 <= k <= config.batch_size:
-            raise RunError(
-                f"phase2.k_per_class={k} must be in [1, batch_size={config.batch_size}] for the "
-                "class-balanced (P×K) batches of phase 2"
-            )
-
-
-def build_run(config, *, mesh=None) -> Run:
-    """Validates the config and builds data, model and mesh (one-line RunError on bad input)."""
-    if config.method not in METHODS:
-        raise RunError(
-            f"unknown method {config.method!r}; set --config.method to one of {', '.join(METHODS)}"
-        )
-    if config.batch_size <= 0:
-        raise RunError(f"batch_size must be positive, got {config.batch_size}")
-    if config.get("donate_state", "auto") not in DONATE_STATE:
-        raise RunError(
-            f"donate_state={config.donate_state!r} is not supported; use one of {DONATE_STATE}"
-        )
-    mesh = mesh or S.make_mesh()
-    _check_settings(config, mesh)
-    try:
-        S.check_batch_size(config.batch_size, mesh)
-        dataset = build_dataset(
-            data_config(config),
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        num_classes = int(config.data.num_classes or dataset.num_classes)
-        model = get_model(
-            config.model.name,
-            num_classes=num_classes,
-            hebb_activation=config.hebb.activation,
-            dtype=_dtype(config.model.dtype),
-            init_scheme=config.model.init_scheme,
-            **dict(config.model.overrides),
-        )
-        hebb_layers = tuple(config.hebb.layers) or (model.default_hebb_layer,)
-        validate_hebb_layers(model, hebb_layers)
-        for phase in (1, 2):
-            M.method_terms(config, phase)
-        if config.nm.gate_learning not in ("hypergradient", "joint_prior", "fixed"):
-            raise RunError(
-                f"unknown nm.gate_learning {config.nm.gate_learning!r}; "
-                "use 'hypergradient', 'joint_prior' or 'fixed'"
-            )
-        hyper_variant(0, config.nm.hyper_every, config.nm.hyper_g_r)  # checks nm.hyper_g_r
-        if config.nm.phi_optimizer not in PHI_OPTIMIZERS:
-            raise RunError(
-                f"unknown nm.phi_optimizer {config.nm.phi_optimizer!r}; use one of "
-                f"{', '.join(map(repr, PHI_OPTIMIZERS))}"
-            )
-        if not 0.0 <= config.nm.hyper_norm_decay < 1.0:
-            raise RunError(f"nm.hyper_norm_decay={config.nm.hyper_norm_decay} must be in [0, 1)")
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise RunError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
-    if config.batch_size > dataset.train_size:
-        raise RunError(
-            f"batch_size={config.batch_size} is larger than the {dataset.train_size} training "
-            f"examples of {config.data.name}: lower --config.batch_size"
-        )
-    spe = dataset.steps_per_epoch(config.batch_size)
-    steps = (phase_steps(config.phase1, spe), phase_steps(config.phase2, spe))
-    if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
-        raise RunError(
-            f"init_from {config.init_from!r} does not exist; pass a workdir that holds a checkpoint"
-        )
-    return Run(config, dataset, model, num_classes, hebb_layers, steps, mesh)
-
-
-def _model_meta(run: Run, abstract_backbone) -> dict:
-    sig = json.dumps(tree_signature(abstract_backbone), sort_keys=True)
-    return {
-        "name": run.config.model.name,
-        "num_classes": run.num_classes,
-        "overrides": {k: str(v) for k, v in dict(run.config.model.overrides).items()},
-        "signature": hashlib.sha256(sig.encode()).hexdigest()[:16],
-    }
-
-
-def _embed_dim(model, image_shape) -> int:
-    variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
-    )
-    out = jax.eval_shape(
-        lambda v: model.apply(v, jnp.zeros((1, *image_shape)), train=False)[1], variables
-    )
-    return int(out["embedding"].shape[-1])
-
-
 class Trainer:
-    """Holds the compiled steps and the loop of one run (see :func:`train_and_evaluate`)."""
+    """The compiled steps of one run and the state they start from (no loop: :func:`run_phase`)."""
 
     def __init__(self, run: Run, workdir: str):
         self.run = run
-        self.config = run.config
+        self.config = cfg = run.config
         self.workdir = os.path.abspath(os.path.expanduser(workdir))
         self.mesh = run.mesh
         self.repl = S.replicated(self.mesh)
-        cfg = self.config
         self.image_shape = tuple(run.dataset.image_shape)
-        self.embed_dim = _embed_dim(run.model, self.image_shape)
-        self.centers = M.uses_centers(cfg)
-        self.neuromod = Neuromodulator(hidden=cfg.nm.hidden)
+        self.neuromod = M.neuromodulator(cfg)
         self.phi_tx = make_phi_optimizer(cfg.nm.phi_optimizer, cfg.nm.lr)
-        self.spe = run.dataset.steps_per_epoch(cfg.batch_size)
         self.peak_lr = cfg.optim.base_lr * cfg.batch_size / 128.0
         self.compiled: dict[str, Any] = {}
         self.eval_step = jax.jit(make_eval_step(run.model))
-        self._fisher_loss = make_fisher_fn(run.model)
-        self.history: list[dict] = []
+        self.fisher_fn = E.make_fisher_fn(run.model)
 
     # ---------------------------------------------------------------- initial state
     def _init_fn(self, key):
@@ -280,17 +93,31 @@ class Trainer:
             key,
             self.image_shape,
             num_classes=self.run.num_classes,
-            embed_dim=self.embed_dim,
-            centers=self.centers,
-            nm_hidden=self.config.nm.hidden,
+            embed_dim=embedding_dim(self.run.model),
+            centers=M.uses_centers(self.config),
+            neuromod=self.neuromod,
         )
 
     def init_variables(self):
+        """``(params, batch_stats)`` initialised from the seed, replicated over the mesh."""
         key = jax.random.key(self.config.seed)
         return jax.jit(self._init_fn, out_shardings=self.repl)(key)
 
     def abstract_variables(self):
+        """Shapes and dtypes of :meth:`init_variables` (nothing computed)."""
         return jax.eval_shape(self._init_fn, jax.random.key(self.config.seed))
+
+    # ---------------------------------------------------------------- a phase
+    def plan_and_tx(self, phase: int):
+        """``(plan, tx, schedule)`` of a phase (nothing is compiled)."""
+        cfg, run = self.config, self.run
+        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers, neuromod=self.neuromod)
+        n = run.steps[phase - 1]
+        lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
+        warmup = run.durations.warmup_steps if phase == 1 else 0
+        schedule = make_schedule(lr, n, warmup)
+        tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
+        return plan, tx, schedule
 
     def phase_setup(self, phase: int):
         """Plan, optimiser and the phase's compiled steps (each compiled once, on first use).
@@ -305,7 +132,7 @@ class Trainer:
         kwargs = dict(
             phase_start=start,
             gate_mode=plan.gate_mode,
-            neuromod=self.neuromod,
+            neuromod=plan.neuromod,
             phi_tx=self.phi_tx,
             hyper_every=cfg.nm.hyper_every,
             hyper_normalize=cfg.nm.hyper_normalize,
@@ -330,12 +157,9 @@ class Trainer:
         self.compiled[f"phase{phase}"] = plain
         variants = {}
         if plan.gate_mode == "hypergradient":
-            k, mode = cfg.nm.hyper_every, cfg.nm.hyper_g_r
-            used = {hyper_variant(t, k, mode) for t in range(max(int(k), 1))} - {False}
-            names = {True: "hyper", "store": "hyper_store", "apply": "hyper_apply"}
-            for v in sorted(used, key=str):
+            for v in step_variants(cfg.nm.hyper_every, cfg.nm.hyper_g_r):
                 variants[v] = compile_(v)
-                self.compiled[f"phase{phase}_{names[v]}"] = variants[v]
+                self.compiled[f"phase{phase}_{STEP_VARIANT_NAMES[v]}"] = variants[v]
 
         def step_for(step: int):
             """The compiled step to run at global step ``step``."""
@@ -345,17 +169,6 @@ class Trainer:
             return plain if v is False else variants[v]
 
         return plan, tx, step_for, start, n
-
-    def plan_and_tx(self, phase: int):
-        """``(plan, tx, schedule)`` of a phase (nothing is compiled)."""
-        cfg, run = self.config, self.run
-        plan = M.phase_plan(cfg, run.model, phase, run.hebb_layers)
-        n = run.steps[phase - 1]
-        lr = self.peak_lr * (1.0 if phase == 1 else cfg.phase2.lr_factor)
-        warmup = int(round(cfg.optim.warmup_epochs * self.spe)) if phase == 1 else 0
-        schedule = make_schedule(lr, n, warmup)
-        tx = make_optimizer(cfg, schedule, train_neuromod=plan.gate_mode == "joint_prior")
-        return plan, tx, schedule
 
     def make_state(self, params, batch_stats, step: int, tx, plan) -> TrainState:
         """A fresh phase state (new optimiser state) from params, replicated over the mesh."""
@@ -380,6 +193,7 @@ class Trainer:
         return self.abstract_state(tx, plan)
 
     def abstract_state(self, tx, plan) -> TrainState:
+        """Abstract, sharded ``{'train': TrainState, 'ewc': ...}`` of a phase with ``tx``."""
         params, bs = self.abstract_variables()
         state = jax.eval_shape(
             lambda p, b: TrainState(
@@ -393,32 +207,25 @@ class Trainer:
             params,
             bs,
         )
-        ewc = jax.eval_shape(init_ewc_state, params["backbone"])
+        ewc = jax.eval_shape(E.init_ewc_state, params["backbone"])
         return S.abstract_with_sharding({"train": state, "ewc": ewc}, self.repl)
 
-    # ---------------------------------------------------------------- EWC
+    # ---------------------------------------------------------------- EWC and evaluation
     def compute_ewc(self, state: TrainState, refresh_index: int) -> dict:
-        """Fisher (per-example CE gradients², BN in inference mode) and anchor at ``state``."""
+        """The EWC state refreshed at ``state`` (:func:`nm_hebb_jax.train.ewc.refresh`)."""
         cfg = self.config
-        images, labels = self.run.dataset.get_arrays("train")
-        n = min(cfg.ewc.fisher_examples, len(labels))
-        rng = np.random.default_rng([cfg.seed, 7, refresh_index])
-        idx = np.sort(rng.choice(len(labels), size=n, replace=False))
-        x = self.run.dataset.normalize(images[idx])
-        y = labels[idx].astype(np.int32)
-        bs = max(cfg.ewc.chunk_size, 64)
-        batches = [{"image": x[i : i + bs], "label": y[i : i + bs]} for i in range(0, n, bs)]
-        fisher = losses.fisher_diagonal(
-            self._fisher_loss,
+        ewc = E.refresh(
+            self.fisher_fn,
+            self.run.dataset,
             state.params["backbone"],
-            batches,
+            state.batch_stats,
+            seed=cfg.seed,
+            refresh_index=refresh_index,
+            num_examples=cfg.ewc.fisher_examples,
             chunk_size=cfg.ewc.chunk_size,
-            extra_args=(state.batch_stats,),
         )
-        anchor = jax.tree.map(jnp.copy, state.params["backbone"])
-        return jax.device_put({"anchor": anchor, "fisher": fisher}, self.repl)
+        return jax.device_put(ewc, self.repl)
 
-    # ---------------------------------------------------------------- eval
     def evaluate(self, params, batch_stats, split: str | None = None) -> dict:
         """Exact Top-1 and mean CE over a split (padded, masked last batch)."""
         split = split or self.config.eval.split
@@ -436,70 +243,133 @@ class Trainer:
         }
 
 
-def _check_meta(meta: dict, workdir: str, run: Run, model_meta: dict) -> None:
-    """Refuses to resume a finished run or a checkpoint of another model, method or dataset."""
-    cfg = run.config
-    if meta.get("model") != model_meta:
-        raise RunError(
-            f"workdir {workdir} holds a checkpoint of another model "
-            f"({meta.get('model', {}).get('name')}, {meta.get('model', {}).get('num_classes')} "
-            f"classes); pass a new --workdir or the config it was trained with"
-        )
-    if meta.get("finished"):
-        raise RunError(
-            f"workdir {workdir} already holds a finished run (step {meta['step']}); "
-            "pass a new --workdir (evaluate this one with python -m nm_hebb_jax.evaluate)"
-        )
-    if meta.get("method") != cfg.method or meta.get("dataset") != cfg.data.name:
-        raise RunError(
-            f"workdir {workdir} holds a {meta.get('method')} run on {meta.get('dataset')}, "
-            f"not {cfg.method} on {cfg.data.name}; pass a new --workdir"
-        )
+@dataclasses.dataclass
+class Session:
+    """What the phases of one ``train_and_evaluate`` call share: where they save and log, the
+    stop signal, the checkpoint metadata and the best validation Top-1 so far."""
+
+    trainer: Trainer
+    ckpt: Checkpointer
+    writer: MetricWriter
+    stop: StopSignal
+    meta: dict
+    best_top1: float = -1.0
+
+    def save(self, phase: int, state, ewc, *, best: bool = False, **extra) -> None:
+        meta = {
+            **self.meta,
+            "phase": phase,
+            "step": int(state.step),
+            "best_top1": self.best_top1,
+            **extra,
+        }
+        self.ckpt.save(int(state.step), {"train": state, "ewc": ewc}, meta, best=best)
+
+    def validate(self, phase: int, state, ewc) -> dict:
+        """Validation Top-1/loss at ``state``; a new best is saved to ``best/``."""
+        val = self.trainer.evaluate(state.params, state.batch_stats)
+        self.writer.scalars(int(state.step), {"val/top1": val["top1"], "val/loss": val["loss"]})
+        if val["top1"] > self.best_top1:
+            self.best_top1 = val["top1"]
+            self.save(phase, state, ewc, best=True, val=val)
+        return val
 
 
-class Preempted(Exception):
-    """The run stopped early on request after saving a checkpoint (relaunch to continue)."""
+class MetricLog:
+    """The train metrics of the steps since the last flush, averaged and written at a flush.
 
-
-class StopSignal:
-    """Turns SIGTERM (what a preempted TPU VM receives) into a request to save and stop.
-
-    Used as a context manager around training; installs the handler only in the main thread and
-    restores the previous one on exit. With several processes, :meth:`requested` combines the
-    flags of all processes (an all-gather of one int per step), so all stop at the same step.
+    The steps' metrics stay on the device until then, so logging does not wait for each step.
     """
 
-    SIGNALS = (signal.SIGTERM,)
+    def __init__(self, session: Session, progress):
+        self.session = session
+        self.progress = progress
+        self.pending: list[tuple[int, dict]] = []
+        self.t0 = time.time()
 
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
+    def append(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def flush(self) -> None:
+        """Writes the mean of each metric; a non-finite step stops the run unless skipped."""
+        if not self.pending:
+            return
+        skip_nonfinite = self.session.trainer.config.skip_nonfinite
+        ckpt = self.session.ckpt
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (s, _), m in zip(self.pending, fetched, strict=True):
+            if not bool(m["finite"]) and not skip_nonfinite:
+                bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+                raise NonFiniteError(
+                    f"non-finite loss at step {s} ({', '.join(sorted(bad))}); the last good "
+                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.workdir}; lower "
+                    "--config.optim.base_lr or set --config.skip_nonfinite=True"
+                )
+        last_step = self.pending[-1][0]
+        skipped = sum(not bool(m["finite"]) for m in fetched)
+        mean = {
+            k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1] if k != "finite"
+        }
+        dt = time.time() - self.t0
+        mean["steps_per_s"] = len(fetched) / max(dt, 1e-9)
+        mean["nonfinite_steps"] = float(skipped)
+        self.t0 = time.time()
+        self.session.writer.scalars(last_step + 1, {f"train/{k}": v for k, v in mean.items()})
+        self.progress.update(len(fetched), loss=mean["loss"], top1=mean["top1"])
+        self.pending.clear()
 
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
-    def _handle(self, signum, frame):
-        del frame
-        self.received = signal.Signals(signum).name
+def run_phase(session: Session, plan, step_for, state, ewc, start: int, end: int):
+    """Runs one phase from ``state.step`` to global step ``end``; returns ``(state, ewc, val)``.
 
-    def requested(self) -> bool:
-        """Whether any process received a stop signal."""
-        flag = self.received is not None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-            if flag and self.received is None:
-                self.received = "SIGTERM (another process)"
-        return flag
+    Every ``log.every_steps`` the metrics are written, every ``log.eval_every_steps`` the model is
+    validated, every ``ckpt.every_steps`` a checkpoint is saved; a stop request saves and raises
+    :class:`~nm_hebb_jax.errors.Preempted`. The phase ends with a validation.
+    """
+    trainer = session.trainer
+    cfg, ds = trainer.config, trainer.run.dataset
+    refresh_every = trainer.run.durations.ewc_refresh_steps
+    progress = session.writer.progress(
+        total=trainer.run.total_steps,
+        initial=int(state.step),
+        desc=f"phase {plan.phase}",
+        enabled=cfg.log.progress,
+    )
+    log = MetricLog(session, progress)
+    step = int(state.step)
+    while step < end:
+        t = step - start
+        if plan.phase == 1 and plan.uses_ewc and E.refresh_due(t, refresh_every):
+            ewc = trainer.compute_ewc(state, t // refresh_every)
+        batch = ds.train_batch(
+            step,
+            batch_size=cfg.batch_size,
+            augment=cfg.data.augment,
+            balanced=plan.balanced,
+            k_per_class=cfg.phase2.k_per_class,
+        )
+        state, metrics = step_for(step)(state, ewc, S.global_batch(batch, trainer.mesh))
+        log.append(step, metrics)
+        step += 1
+        done = step == end
+        if step % cfg.log.every_steps == 0 or done:
+            log.flush()
+        if step % cfg.log.eval_every_steps == 0 and not done:
+            log.flush()
+            session.validate(plan.phase, state, ewc)
+        if step % cfg.ckpt.every_steps == 0 and not done:
+            log.flush()
+            session.save(plan.phase, state, ewc)
+        if not done and session.stop.requested():
+            log.flush()
+            session.save(plan.phase, state, ewc)
+            raise Preempted(
+                f"received {session.stop.received}: saved a checkpoint at step {step} in "
+                f"{session.ckpt.workdir}; relaunch the same command to resume"
+            )
+    log.flush()
+    progress.close()
+    return state, ewc, session.validate(plan.phase, state, ewc)
 
 
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
@@ -521,233 +391,65 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     """
     run = build_run(config, mesh=mesh)
     trainer = Trainer(run, workdir)
-    cfg = config
-    abstract_params, _ = trainer.abstract_variables()
-    model_meta = _model_meta(run, abstract_params["backbone"])
-    if cfg.init_from:
-        _check_init_from(cfg.init_from, model_meta)
+    model_meta = resume.model_meta(run, trainer.abstract_variables()[0]["backbone"])
+    if config.init_from:
+        resume.check_init_from(config.init_from, model_meta)
     os.makedirs(trainer.workdir, exist_ok=True)
-    ckpt = Checkpointer(trainer.workdir, keep=cfg.ckpt.keep)
+    ckpt = Checkpointer(trainer.workdir, keep=config.ckpt.keep)
     try:
-        resumed = ckpt.restore_latest_good(
-            lambda meta: trainer.abstract_state_of_phase(int(meta["phase"])),
-            lambda meta: _check_meta(meta, ckpt.workdir, run, model_meta),
-        )
-    except (RunError, CorruptCheckpointError) as e:
+        resumed = resume.restore_latest(ckpt, run, model_meta, trainer.abstract_state_of_phase)
+    except RunError:
         ckpt.close()
-        raise RunError(str(e)) from e
+        raise
     meta = resumed[1] if resumed else None
     is_main = jax.process_index() == 0
     writer = MetricWriter(trainer.workdir, enabled=is_main)
     if is_main:
-        write_config(trainer.workdir, cfg)
-        writer.append_jsonl("provenance.jsonl", provenance(cfg, run.mesh, resumed_from=meta))
-
-    ds = run.dataset
-    base = {
-        "method": cfg.method,
-        "dataset": cfg.data.name,
-        "model": model_meta,
-        "data": {
-            "mean": [float(v) for v in ds.mean],
-            "std": [float(v) for v in ds.std],
-            "image_shape": list(ds.image_shape),
-            "class_names": list(ds.class_names),
-        },
-    }
+        write_config(trainer.workdir, config)
+        writer.append_jsonl("provenance.jsonl", provenance(config, run.mesh, resumed_from=meta))
+    session = Session(trainer, ckpt, writer, StopSignal(), resume.run_meta(run, model_meta))
+    session.best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
     summary: dict[str, Any] = {"steps": list(run.steps), "workdir": trainer.workdir}
-    best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
     resume_phase = int(meta["phase"]) if meta else 1
     state = ewc = None
-    stop = StopSignal()
     try:
-        stop.__enter__()
-        for phase in (1, 2):
-            if phase < resume_phase:
-                continue
-            plan, tx, step_for, start, n = trainer.phase_setup(phase)
-            end = start + n
-            if meta is not None and phase == resume_phase:
-                state, ewc = resumed[0]["train"], resumed[0]["ewc"]
-                logging.info(
-                    "resumed %s at step %d (phase %d)", trainer.workdir, int(state.step), phase
-                )
-                if int(state.step) >= end:  # this phase had ended: go on with the next one
-                    summary[f"phase{phase}"] = meta.get("val")
-                    continue
-            else:
-                if state is None:
-                    params, batch_stats = trainer.init_variables()
-                    if cfg.init_from:
-                        params, batch_stats = _init_from(trainer, params, batch_stats)
+        with session.stop:
+            for phase in range(resume_phase, 3):
+                plan, tx, step_for, start, n = trainer.phase_setup(phase)
+                step_for = with_debug_hooks(step_for, config.debug)
+                if meta is not None and phase == resume_phase:
+                    state, ewc = resumed[0]["train"], resumed[0]["ewc"]
+                    step = int(state.step)
+                    logging.info("resumed %s at step %d (phase %d)", trainer.workdir, step, phase)
+                    if step >= start + n:  # this phase had ended: go on with the next one
+                        summary[f"phase{phase}"] = meta.get("val")
+                        continue
                 else:
-                    params, batch_stats = state.params, state.batch_stats
-                state = trainer.make_state(params, batch_stats, start, tx, plan)
-                if phase == 2 and plan.uses_ewc:
-                    ewc = trainer.compute_ewc(state, refresh_index=1_000_000)
-                else:
-                    ewc = jax.device_put(init_ewc_state(state.params["backbone"]), trainer.repl)
-            state, ewc, best_top1, val = _run_phase(
-                trainer,
-                ckpt,
-                writer,
-                plan,
-                step_for,
-                state,
-                ewc,
-                start,
-                end,
-                best_top1,
-                base,
-                stop,
-            )
-            summary[f"phase{phase}"] = val
-            _save(
-                ckpt,
-                state,
-                ewc,
-                {
-                    **base,
-                    "phase": phase,
-                    "step": int(state.step),
-                    "best_top1": best_top1,
-                    "finished": phase == 2,
-                    "val": val,
-                },
-            )
+                    state, ewc = _start_phase(trainer, phase, plan, tx, start, state)
+                state, ewc, val = run_phase(session, plan, step_for, state, ewc, start, start + n)
+                summary[f"phase{phase}"] = val
+                session.save(phase, state, ewc, finished=phase == 2, val=val)
     finally:
-        stop.__exit__(None, None, None)
         writer.close()
         ckpt.close()
-    summary["best_top1"] = best_top1
+    summary["best_top1"] = session.best_top1
     summary["compilations"] = {k: f._cache_size() for k, f in trainer.compiled.items()}
     summary["final_step"] = int(state.step)
     return summary
 
 
-def _check_init_from(path: str, model_meta: dict) -> None:
-    """One-line RunError unless ``path`` holds a checkpoint of the same model."""
-    src = Checkpointer(os.path.expanduser(path), read_only=True)
-    try:
-        meta = src.read_meta()
-    finally:
-        src.close()
-    if meta is None:
-        raise RunError(f"init_from {path!r} holds no checkpoint; pass a workdir of a trained run")
-    other = meta.get("model", {})
-    if other.get("signature") != model_meta["signature"]:
-        raise RunError(
-            f"init_from {path!r} is a checkpoint of another model ({other.get('name')}, "
-            f"{other.get('num_classes')} classes); use a {model_meta['name']} run with the same "
-            "overrides and number of classes"
-        )
-
-
-def _init_from(trainer: Trainer, params, batch_stats):
-    """Backbone params and batch statistics from ``config.init_from`` (checked beforehand)."""
-    loaded, loaded_bs, _ = restore_params_only(trainer.config.init_from, sharding=trainer.repl)
-    return {**params, "backbone": loaded["backbone"]}, loaded_bs
-
-
-def _save(ckpt: Checkpointer, state, ewc, meta: dict, *, best: bool = False) -> None:
-    ckpt.save(int(state.step), {"train": state, "ewc": ewc}, meta, best=best)
-
-
-def _run_phase(
-    trainer, ckpt, writer, plan, step_for, state, ewc, start, end, best_top1, base, stop
-):
-    """The loop of one phase, from ``state.step`` to ``end``."""
+def _start_phase(trainer: Trainer, phase: int, plan, tx, start: int, previous):
+    """A phase's first ``(state, ewc)``: from the seed (or ``init_from``) or the previous phase."""
     cfg = trainer.config
-    ds = trainer.run.dataset
-    refresh = max(int(round(cfg.ewc.refresh_epochs * trainer.spe)), 1)
-    pending: list[tuple[int, dict]] = []
-    t0 = time.time()
-    progress = writer.progress(
-        total=trainer.run.total_steps,
-        initial=int(state.step),
-        desc=f"phase {plan.phase}",
-        enabled=cfg.log.progress,
-    )
-
-    def flush():
-        nonlocal t0
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched, strict=True):
-            if not bool(m["finite"]) and not cfg.skip_nonfinite:
-                bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
-                raise NonFiniteError(
-                    f"non-finite loss at step {s} ({', '.join(sorted(bad))}); the last good "
-                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.workdir}; lower "
-                    "--config.optim.base_lr or set --config.skip_nonfinite=True"
-                )
-        last_step = pending[-1][0]
-        skipped = sum(not bool(m["finite"]) for m in fetched)
-        mean = {
-            k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[-1] if k != "finite"
-        }
-        dt = time.time() - t0
-        mean["steps_per_s"] = len(fetched) / max(dt, 1e-9)
-        mean["nonfinite_steps"] = float(skipped)
-        t0 = time.time()
-        record = {f"train/{k}": v for k, v in mean.items()}
-        writer.scalars(last_step + 1, record)
-        progress.update(len(fetched), loss=mean["loss"], top1=mean["top1"])
-        pending.clear()
-
-    def save(*, best: bool = False, **extra) -> None:
-        meta = {**base, "phase": plan.phase, "step": step, "best_top1": best_top1, **extra}
-        _save(ckpt, state, ewc, meta, best=best)
-
-    def validate() -> dict:
-        """Validation Top-1/loss at the current step; a new best is saved to ``best/``."""
-        nonlocal best_top1
-        val = trainer.evaluate(state.params, state.batch_stats)
-        writer.scalars(step, {"val/top1": val["top1"], "val/loss": val["loss"]})
-        if val["top1"] > best_top1:
-            best_top1 = val["top1"]
-            save(best=True, val=val)
-        return val
-
-    step = int(state.step)
-    while step < end:
-        t = step - start
-        if plan.phase == 1 and plan.uses_ewc and t > 0 and t % refresh == 0:
-            ewc = trainer.compute_ewc(state, t // refresh)
-        batch = ds.train_batch(
-            step,
-            batch_size=cfg.batch_size,
-            augment=cfg.data.augment,
-            balanced=plan.balanced,
-            k_per_class=cfg.phase2.k_per_class,
-        )
-        if step == cfg.debug.nan_at_step:
-            batch = {**batch, "image": batch["image"] * np.float32("nan")}
-        state, metrics = step_for(step)(state, ewc, S.global_batch(batch, trainer.mesh))
-        pending.append((step, metrics))
-        if step == cfg.debug.kill_at_step:  # test hook: die without any clean-up
-            os.kill(os.getpid(), signal.SIGKILL)
-        if step == cfg.debug.sigterm_at_step:  # test hook: a real SIGTERM through the handler
-            os.kill(os.getpid(), signal.SIGTERM)
-        step += 1
-        done = step == end
-        if step % cfg.log.every_steps == 0 or done:
-            flush()
-        if step % cfg.log.eval_every_steps == 0 and not done:
-            flush()
-            validate()
-        if step % cfg.ckpt.every_steps == 0 and not done:
-            flush()
-            save()
-        if not done and stop.requested():
-            flush()
-            save()
-            raise Preempted(
-                f"received {stop.received}: saved a checkpoint at step {step} in "
-                f"{ckpt.workdir}; relaunch the same command to resume"
-            )
-    flush()
-    progress.close()
-    val = validate()
-    return state, ewc, best_top1, val
+    if previous is None:
+        params, batch_stats = trainer.init_variables()
+        if cfg.init_from:
+            params, batch_stats = resume.init_from(cfg.init_from, params, sharding=trainer.repl)
+    else:
+        params, batch_stats = previous.params, previous.batch_stats
+    state = trainer.make_state(params, batch_stats, start, tx, plan)
+    if phase == 2 and plan.uses_ewc:
+        ewc = trainer.compute_ewc(state, refresh_index=E.PHASE2_REFRESH)
+    else:
+        ewc = jax.device_put(E.init_ewc_state(state.params["backbone"]), trainer.repl)
+    return state, ewc

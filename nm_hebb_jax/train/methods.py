@@ -5,20 +5,17 @@ of the config, into the phase's objective (built from the transforms of
 :mod:`nm_hebb_jax.objectives`) and the facts the trainer needs (gate mode, balanced batches, EWC).
 
 Declared interpretations [ours]: the comparators add their term in both phases with the same
-schedule
-and epochs as NM-Hebb; ``phase1_only`` keeps the phase-2 epochs as plain CE fine-tuning (same
-budget);
-``phase2_only`` trains phase 1 with CE alone (or starts from ``config.init_from``) and then runs
-NM-Hebb's phase 2 (pair + CE + EWC anchored at the end of phase 1).
+schedule and epochs as NM-Hebb; ``phase1_only`` keeps the phase-2 epochs as plain CE fine-tuning
+(same budget); ``phase2_only`` trains phase 1 with CE alone (or starts from ``config.init_from``)
+and then runs NM-Hebb's phase 2 (pair + CE + EWC anchored at the end of phase 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 from nm_hebb_jax import objectives as O
-from nm_hebb_jax.config_base import METHODS
+from nm_hebb_jax.neuromod import Neuromodulator
 
 # Terms per phase. 'gate' = the learnable neuromodulator gates the regularisers,
 # 'fixed_gate' = ν ≡ nm.fixed_gate, 'ls' = label smoothing.
@@ -34,7 +31,8 @@ METHOD_TERMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hebb_only": (("hebb", "gate"), ("pair",)),
     "ewc_only": (("ewc", "gate"), ("pair", "ewc")),
 }
-assert set(METHOD_TERMS) == set(METHODS)
+#: The values of ``config.method``.
+METHODS: tuple[str, ...] = tuple(METHOD_TERMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +42,7 @@ class PhasePlan:
     Attributes:
       phase: 1 or 2.
       terms: the method's terms in this phase (after the phase-2 switches).
-      objective: ``(params, state, batch, rng) -> (loss, aux)``.
+      objective: ``(params, state, batch, rng) -> (loss, aux)`` (:mod:`nm_hebb_jax.objectives`).
       gate_mode: ``None`` (no neuromodulator) or ``'hypergradient' | 'joint_prior' | 'fixed'``.
       uses_ewc: the objective reads ``state['ewc']``.
       balanced: P×K class-balanced batches.
@@ -53,11 +51,17 @@ class PhasePlan:
 
     phase: int
     terms: tuple[str, ...]
-    objective: Callable
+    objective: O.Objective
     gate_mode: str | None
     uses_ewc: bool
     balanced: bool
     centers: bool
+
+    @property
+    def neuromod(self) -> Neuromodulator | None:
+        """The gate's neuromodulator module (``None`` without a gate)."""
+        gate = self.objective.gate
+        return None if gate is None else gate.neuromod
 
 
 def method_terms(config, phase: int) -> tuple[str, ...]:
@@ -76,7 +80,15 @@ def method_terms(config, phase: int) -> tuple[str, ...]:
     return terms
 
 
-def phase_plan(config, model, phase: int, hebb_layers: tuple[str, ...]) -> PhasePlan:
+def neuromodulator(config) -> Neuromodulator:
+    """The run's neuromodulator module ν_φ (``config.nm.hidden``): the one the gated objective
+    applies, the hypergradient differentiates and the initial parameters come from."""
+    return Neuromodulator(hidden=config.nm.hidden)
+
+
+def phase_plan(
+    config, model, phase: int, hebb_layers: tuple[str, ...], *, neuromod=None
+) -> PhasePlan:
     """Builds the phase's objective from the config.
 
     Args:
@@ -84,6 +96,7 @@ def phase_plan(config, model, phase: int, hebb_layers: tuple[str, ...]) -> Phase
       model: the backbone.
       phase: 1 or 2.
       hebb_layers: resolved tap names (validated by the caller).
+      neuromod: the run's :func:`neuromodulator` (default: a new one from the config).
     """
     terms = method_terms(config, phase)
     ce_weight = config.phase2.ce_weight if (phase == 2 and "pair" in terms) else 1.0
@@ -118,7 +131,7 @@ def phase_plan(config, model, phase: int, hebb_layers: tuple[str, ...]) -> Phase
             fixed_gate=config.nm.fixed_gate,
             prior_weight=config.nm.prior_weight,
             prior_target=config.nm.prior_target,
-            neuromod=_neuromod(config),
+            neuromod=neuromod or neuromodulator(config),
         )
     balanced = phase == 2 and config.phase2.balanced and ("pair" in terms or "supcon" in terms)
     return PhasePlan(
@@ -130,12 +143,6 @@ def phase_plan(config, model, phase: int, hebb_layers: tuple[str, ...]) -> Phase
         balanced=balanced,
         centers="center" in terms,
     )
-
-
-def _neuromod(config):
-    from nm_hebb_jax.neuromod import Neuromodulator
-
-    return Neuromodulator(hidden=config.nm.hidden)
 
 
 def uses_centers(config) -> bool:

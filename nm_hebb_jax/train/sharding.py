@@ -3,8 +3,7 @@
 Data parallelism over a 1-D ``('data',)`` mesh of all devices (all hosts): the train state is
 replicated, batches are sharded along their leading axis. Axis type Auto (STYLE.md: the Explicit
 default of ``jax.make_mesh`` recompiles a simple train step). BatchNorm needs no ``axis_name``:
-under
-``jax.jit`` the batch statistics are computed over the global batch.
+under ``jax.jit`` the batch statistics are computed over the global batch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Train state, optimiser and EWC state.
+"""Train state, initial parameters, optimiser and learning-rate schedule.
 
 ``TrainState`` holds params (``{'backbone', 'neuromod'[, 'centers']}``), batch statistics, optimiser
 state, the global step, the run's base PRNG key (as raw key data, so orbax can save it) and the
 hypergradient buffers of the neuromodulator. The EWC state ``{'anchor', 'fisher'}`` is a separate
-pytree (METHOD.md: "separate state, saved in the checkpoint").
+pytree (METHOD.md: "separate state, saved in the checkpoint"), owned by :mod:`nm_hebb_jax.train.ewc`
+(:func:`init_ewc_state` is re-exported here).
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nm_hebb_jax.neuromod import init_neuromod
+from nm_hebb_jax.neuromod import Neuromodulator
+from nm_hebb_jax.train.ewc import init_ewc_state
+
+__all__ = [
+    "TrainState",
+    "init_ewc_state",
+    "init_params",
+    "make_optimizer",
+    "make_schedule",
+    "weight_decay_mask",
+]
 
 PyTree = Any
 Array = jax.Array
@@ -90,18 +101,6 @@ def make_schedule(peak_lr: float, num_steps: int, warmup_steps: int) -> optax.Sc
     return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, num_steps, 0.0)
 
 
-def init_ewc_state(backbone_params: PyTree) -> dict:
-    """EWC state before the first refresh: anchor = current params, Fisher = 0 (term is 0).
-
-    The anchor is a copy: the train step donates the state, so the EWC state must not share
-    its buffers (XLA rejects a call that donates a buffer and passes it again).
-    """
-    return {
-        "anchor": jax.tree.map(jnp.copy, backbone_params),
-        "fisher": jax.tree.map(jnp.zeros_like, backbone_params),
-    }
-
-
 def init_params(
     model,
     rng: Array,
@@ -110,12 +109,13 @@ def init_params(
     num_classes: int,
     embed_dim: int,
     centers: bool,
-    nm_hidden: int,
+    neuromod: Neuromodulator,
 ) -> tuple[PyTree, PyTree]:
     """Initialises ``(params, batch_stats)`` for the model, the neuromodulator and the centers."""
     k_model, k_nm = jax.random.split(rng)
     variables = model.init(k_model, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = {"backbone": variables["params"], "neuromod": init_neuromod(k_nm, hidden=nm_hidden)}
+    phi = neuromod.init(k_nm, jnp.zeros((), jnp.float32))["params"]
+    params = {"backbone": variables["params"], "neuromod": phi}
     if centers:
         params["centers"] = jnp.zeros((num_classes, embed_dim), jnp.float32)
     return params, variables.get("batch_stats", {})

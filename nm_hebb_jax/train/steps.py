@@ -17,27 +17,24 @@ import jax.numpy as jnp
 import optax
 
 from nm_hebb_jax import losses
-from nm_hebb_jax.objectives import regularizer_grad
+from nm_hebb_jax.objectives import TERM_NAMES, regularizer_grad
 from nm_hebb_jax.train import hypergradient as H
-from nm_hebb_jax.train.hypergradient import HYPER_G_R_MODES, hyper_variant, uses_hyper_step
 from nm_hebb_jax.train.state import TrainState
 
-__all__ = [
-    "HYPER_G_R_MODES",
-    "hyper_variant",
-    "make_eval_step",
-    "make_fisher_fn",
-    "make_train_step",
-    "uses_hyper_step",
-]
+__all__ = ["make_eval_step", "make_train_step"]
 
 PyTree = Any
 
 
 def _flatten_metrics(loss, aux, grads_backbone, lr) -> dict:
+    """The step's scalars; every term of :data:`~nm_hebb_jax.objectives.TERM_NAMES` raw and
+    weighted (0.0 when the method does not use it, so every method logs the same term keys)."""
     metrics = {"loss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads_backbone)}
     for k, v in aux["terms"].items():
         metrics[f"terms/{k}"] = v
+    for name in TERM_NAMES:
+        for key in (f"terms/{name}", f"terms/{name}_weighted"):
+            metrics.setdefault(key, jnp.zeros((), jnp.float32))
     logits = aux["logits"]
     metrics["top1"] = jnp.mean(jnp.argmax(logits, -1) == aux["labels"])
     if "gate" in aux:
@@ -80,14 +77,17 @@ def make_train_step(
       prior_weight: λ_gate of the KL prior in the φ update.
       prior_target: target of the KL prior.
       skip_nonfinite: if True, an update with a non-finite loss or gradient is skipped.
-      hyper_step: which variant to build (:func:`hyper_variant` says which one a step uses):
-        ``False`` the plain step; ``True`` or ``'exact'`` computes g_R and both stores it
-        (``t % k == k − 1``) and applies the φ update with the exact g_CE (``t % k == 0``);
-        ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ update with g_R,t
-        estimated by the stored g_R,t−1 (no g_R pass).
+      hyper_step: which variant to build (:func:`~nm_hebb_jax.train.hypergradient.hyper_variant`
+        says which one a step uses): ``False`` the plain step; ``True`` or ``'exact'`` computes
+        g_R and both stores it (``t % k == k − 1``) and applies the φ update with the exact g_CE
+        (``t % k == 0``); ``'store'`` computes and stores g_R only; ``'apply'`` applies the φ
+        update with g_R,t estimated by the stored g_R,t−1 (no g_R pass).
 
     Returns:
-      ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars.
+      ``step(state, ewc, batch) -> (new_state, metrics)``; ``metrics`` is a flat dict of scalars:
+      ``loss``, ``top1``, ``lr``, the backbone's ``grad_norm``, ``param_norm`` (after the update)
+      and ``update_norm``, every term (``terms/<name>`` and ``terms/<name>_weighted``), the gate
+      and the hypergradient's (with a gate), and ``finite``.
     """
     hyper = gate_mode == "hypergradient"
     variant = {False: None, True: "exact"}.get(hyper_step, hyper_step)
@@ -113,6 +113,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         aux = {**aux, "labels": batch["label"]}
         metrics = _flatten_metrics(loss, aux, grads["backbone"], lr)
+        # health beside grad_norm (big_vision's l2_params, l2_updates): the backbone's L2 norms
+        metrics["param_norm"] = optax.tree.norm(params["backbone"])
+        metrics["update_norm"] = optax.tree.norm(updates["backbone"])
         new_hyper = state.hyper
         if hyper and variant is not None:
             if g_r_fn is not None:
@@ -192,20 +195,3 @@ def make_eval_step(model) -> Callable:
         }
 
     return eval_step
-
-
-def make_fisher_fn(model) -> Callable:
-    """Per-example CE loss ``(backbone_params, example, batch_stats) -> scalar`` for the Fisher.
-
-    BatchNorm runs in inference mode (METHOD.md: per-example gradients, BN in inference mode).
-    """
-
-    def per_example_loss(backbone_params, example, batch_stats):
-        logits, _ = model.apply(
-            {"params": backbone_params, "batch_stats": batch_stats},
-            example["image"][None],
-            train=False,
-        )
-        return losses.cross_entropy(logits, example["label"][None])[0]
-
-    return per_example_loss

@@ -14,6 +14,8 @@ from importlib import metadata
 import jax
 from absl import logging
 
+from nm_hebb_jax.errors import MissingFileError
+
 PACKAGES = (
     "jax",
     "jaxlib",
@@ -130,13 +132,13 @@ def read_config(workdir: str):
     """A run's ``config.json`` as an ``ml_collections.ConfigDict``.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no ``config.json`` (one line, names the fix).
+      MissingFileError: ``workdir`` has no ``config.json`` (a FileNotFoundError; one line).
     """
     import ml_collections
 
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{workdir} has no config.json; pass the --workdir of a training run"
         )
     with open(path) as f:
