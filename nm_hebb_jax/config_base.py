@@ -2,8 +2,8 @@
 
 ``get_base_config()`` returns a fully typed ``ml_collections.ConfigDict``; dataset config files
 (``configs/cifar10.py``, ...) start from it and override fields. Every declared interpretation of
-the NM-Hebb paper (METHOD.md, marked [ours]) is a field here with its default; README's "Declared
-interpretations" section lists them.
+the NM-Hebb paper (docs/method.md, marked [ours]) is a field here with its default; README's
+"Declared interpretations" section lists them.
 
 The values a field accepts are checked, before anything is built, by
 :mod:`nm_hebb_jax.train.validate` (its ``CHOICES`` table lists every field with a fixed set).

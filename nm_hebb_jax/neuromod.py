@@ -1,11 +1,12 @@
 """The learnable neuromodulator ν_φ of NM-Hebb (Miličević & Grbić, arXiv 2508.19896).
 
 ν_φ(L_CE) = σ(MLP_φ(s)), a two-layer MLP with a sigmoid output that maps the current task loss to a
-gate in (0, 1) scaling the consolidation terms (METHOD.md, "Neuromodulator").
+gate in (0, 1) scaling the consolidation terms (docs/method.md, "Neuromodulator").
 
-Declared interpretation [ours] (METHOD.md): the input is ``s = log1p(stop_gradient(mean L_CE))``;
-the hidden layer has 16 tanh units; both weight matrices are made non-negative with a softplus, so
-ν is monotone non-decreasing in ``s`` by construction ("a high loss opens the gate"). Its
+Declared interpretation [ours] (docs/method.md): the input is
+``s = log1p(stop_gradient(mean L_CE))``; the hidden layer has 16 tanh units; both weight matrices
+are made non-negative with a softplus, so ν is monotone non-decreasing in ``s`` by construction
+("a high loss opens the gate"). Its
 parameters live in the top-level ``params['neuromod']`` subtree of the training parameters, beside
 ``params['backbone']``.
 """
@@ -39,7 +40,7 @@ class Neuromodulator(nn.Module):
     losses, so the gate starts half-open and the hypergradient decides where it goes.
 
     Attributes:
-      hidden: width of the hidden layer (16, METHOD.md [ours]).
+      hidden: width of the hidden layer (16, docs/method.md [ours]).
       init_gate: gate value at ``s = 0`` at initialisation, in (0, 1).
 
     Call:

@@ -228,7 +228,7 @@ def with_hebbian(
     weight: float = 0.1,
     stop_gradient: str = "none",
 ) -> Objective:
-    """Adds the Hebbian regulariser R_Hebb (METHOD.md A, Phase 1), averaged over ``layers``.
+    """Adds the Hebbian regulariser R_Hebb (docs/method.md A, Phase 1), averaged over ``layers``.
 
     Term ``'hebb'`` = mean over layers of ``(1/C) Σ_f (ā_f − w̄_f)²``
     (:func:`nm_hebb_jax.losses.hebbian_regularizer`); ``'hebb_weighted'`` = ``weight · hebb``.
@@ -257,7 +257,7 @@ def with_hebbian(
 
 
 def with_ewc(objective: Objective, *, weight: float = 1.0, normalize: bool = True) -> Objective:
-    """Adds the elastic-weight-consolidation term R_EWC (METHOD.md A, "Consolidation").
+    """Adds the elastic-weight-consolidation term R_EWC (docs/method.md A, "Consolidation").
 
     Term ``'ewc'`` = ``mean_i F̃_i (θ_i − θ*_i)²`` over the backbone parameters, with the anchor θ*
     and the diagonal Fisher F read from ``state['ewc'] = {'anchor': ..., 'fisher': ...}``
@@ -294,7 +294,7 @@ def with_neuromodulation(
     prior_target: float = 0.5,
     neuromod: Neuromodulator | None = None,
 ) -> Objective:
-    """Gates the ``targets`` terms with the neuromodulator ν_φ(L_CE) (METHOD.md A, Phase 1).
+    """Gates the ``targets`` terms with the neuromodulator ν_φ(L_CE) (docs/method.md A, Phase 1).
 
     Each target term present in the objective (whenever its transform was applied) enters the loss
     as ``ν · weight · raw``; ν is computed by :class:`nm_hebb_jax.neuromod.Neuromodulator` from
@@ -336,7 +336,7 @@ def with_neuromodulation(
 def with_pairwise_metric(
     objective: Objective, *, margin: float = 1.0, weight: float = 1.0
 ) -> Objective:
-    """Adds the pairwise contrastive loss on the embeddings (METHOD.md A, Phase 2).
+    """Adds the pairwise contrastive loss on the embeddings (docs/method.md A, Phase 2).
 
     Term ``'pair'`` = :func:`nm_hebb_jax.losses.pairwise_contrastive_loss` over all pairs of the
     (global) batch of L2-normalised embeddings; ``'pair_weighted'`` = ``weight · pair``.
@@ -388,7 +388,7 @@ def regularizer_grad(objective: Objective) -> Callable[..., PyTree]:
 
     ``aux['regularizer']`` (set by :func:`with_neuromodulation`) depends only on the tapped
     activations and on the parameters, so XLA removes everything after the tapped layer: g_R costs a
-    forward and backward pass through the layers up to the tap (METHOD.md, hypergradient cost);
+    forward and backward pass through the layers up to the tap (docs/method.md, hypergradient cost);
     compiled with the training gradient from the same inputs, as the train step does, the
     forward is merged with the training forward and only the backward is added.
     """

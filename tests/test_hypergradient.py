@@ -1,4 +1,5 @@
-"""The neuromodulator's one-step hypergradient update, recomputed independently (METHOD.md A)."""
+"""The neuromodulator's one-step hypergradient, recomputed independently (docs/method.md,
+"How φ learns")."""
 
 import jax
 import jax.numpy as jnp

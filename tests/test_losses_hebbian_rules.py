@@ -104,7 +104,7 @@ def test_loss_value_jit_and_constant_post_synaptic_signal():
 
 
 def test_oja_equals_instar_for_binary_post_synaptic_signal():
-    # METHOD.md: with a binarised y, y² = y, so Oja's update equals instar's.
+    # docs/method.md: with a binarised y, y² = y, so Oja's update equals instar's.
     x, kernel, y = _random(1, "VALID", seed=2)
     y = (y > 0.5).astype(np.float32)
     np.testing.assert_allclose(

@@ -1,6 +1,6 @@
 """Elastic-weight consolidation of NM-Hebb: the EWC penalty and the Fisher's normalisation.
 
-METHOD.md (Phase 1, "Consolidation")::
+docs/method.md (Phase 1, "Consolidation")::
 
     R_EWC = mean_i F̃_i (θ_i − θ*_i)²,    F̃ = F / mean(F)
 

@@ -1,4 +1,5 @@
-"""Losses of the NM-Hebb gate ν (Miličević & Grbić, arXiv 2508.19896; METHOD.md "how φ learns").
+"""Losses of the NM-Hebb gate ν (Miličević & Grbić, arXiv 2508.19896; docs/method.md, "How φ
+learns").
 
 - ``gate_prior``: KL(Bernoulli(ν) ‖ Bernoulli(target)), the weak prior against saturation.
 - ``gate_hypergradient``: the one-step hypergradient dL_CE,t+1/dν_t = −η ⟨g_CE,t+1, g_R,t⟩ of a
@@ -67,10 +68,11 @@ def gate_hypergradient(
     """One-step hypergradient of the next CE loss w.r.t. the gate: ``−η ⟨g_CE,t+1, g_R,t⟩``.
 
     Under a plain-SGD step ``θ_{t+1} = θ_t − η (g_CE,t + ν_t g_R,t + …)``, the chain rule gives
-    ``dL_CE,t+1/dν_t = ⟨∇L_CE(θ_{t+1}), dθ_{t+1}/dν_t⟩ = −η ⟨g_CE,t+1, g_R,t⟩`` (METHOD.md, "how φ
-    learns"; with momentum this is the usual one-step approximation). A positive value means that
-    opening the gate raised the next loss. Products are formed elementwise and summed in float32
-    (float64 for float64 inputs), never via a reduced-precision matmul.
+    ``dL_CE,t+1/dν_t = ⟨∇L_CE(θ_{t+1}), dθ_{t+1}/dν_t⟩ = −η ⟨g_CE,t+1, g_R,t⟩``
+    (docs/method.md, "How φ learns"; with momentum this is the usual one-step approximation). A
+    positive value means that opening the gate raised the next loss. Products are formed
+    elementwise and summed in float32 (float64 for float64 inputs), never via a reduced-precision
+    matmul.
 
     Args:
       grad_ce_next: g_CE,t+1, a pytree of arrays (e.g. the CE gradient w.r.t. the backbone params).

@@ -1,7 +1,8 @@
 """Metric-learning losses on embeddings: NM-Hebb's Phase-2 pairwise loss and two comparators.
 
 - ``pairwise_contrastive_loss``: the contrastive loss (Hadsell, Chopra & LeCun 2006) over all
-  in-batch pairs of L2-normalised embeddings, NM-Hebb Phase 2 (METHOD.md) -- batch-level, scalar.
+  in-batch pairs of L2-normalised embeddings, NM-Hebb Phase 2 (docs/method.md) -- batch-level,
+  scalar.
 - ``center_loss``: Wen et al. 2016, per example.
 - ``supervised_contrastive_loss``: Khosla et al. 2020 (L^sup_out) -- batch-level, scalar.
 
@@ -65,7 +66,7 @@ def pairwise_contrastive_loss(
     eps: float = 1e-12,
     where: ArrayLike | None = None,
 ) -> Array:
-    """Contrastive loss over all in-batch pairs (NM-Hebb Phase 2, METHOD.md).
+    """Contrastive loss over all in-batch pairs (NM-Hebb Phase 2, docs/method.md).
 
     With ``z = e / sqrt(‖e‖² + eps)`` (if ``normalize``) and ``d_ij = sqrt(‖z_i − z_j‖² + eps)``::
 

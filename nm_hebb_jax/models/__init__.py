@@ -10,8 +10,8 @@ Every backbone is a Flax Linen module (see :class:`~nm_hebb_jax.models.layers.Ba
     taps = collect_taps(state['intermediates'])   # {'stage2_block0/conv1': (act, kernel)}
 
 ``x`` is ``[N, H, W, 3]`` (32x32 CIFAR or 64x64 TinyImageNet); ``logits`` ``[N, num_classes]``
-and ``aux['embedding']`` ``[N, D]`` are float32. References: METHOD.md "Backbones" and the files
-named in each backbone's module docstring (kuangliu/pytorch-cifar, torchvision).
+and ``aux['embedding']`` ``[N, D]`` are float32. References: docs/method.md "Backbones" and the
+files named in each backbone's module docstring (kuangliu/pytorch-cifar, torchvision).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ epsilon 1e-3, a 1x1 head conv to 1280, dropout 0.2 and ``Linear(1280, num_classe
 depth with probability ``0.2 * block_index / total_blocks`` on the residual branches. 20,190,298
 parameters for 10 classes, matched exactly.
 
-Deviation (CIFAR-style, METHOD.md "Backbones"): the stem stride is 1 instead of 2
+Deviation (CIFAR-style, docs/method.md "Backbones"): the stem stride is 1 instead of 2
 (``stem_strides`` field), so a 32x32 input ends in a 2x2 map (64x64 in 4x4) instead of 1x1.
 """
 

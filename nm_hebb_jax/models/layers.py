@@ -1,6 +1,6 @@
 """Shared building blocks of the backbones: the tap-able conv unit, the backbone base and helpers.
 
-Every conv layer that the Hebbian regulariser may tap (METHOD.md, "Hebbian regulariser") is a
+Every conv layer that the Hebbian regulariser may tap (docs/method.md, "Hebbian regulariser") is a
 :class:`ConvBN` unit. A unit whose Flax module path (joined by ``'/'``, relative to the backbone,
 e.g. ``'stage2_block0/conv1'``) is listed in the backbone's ``hebb_layers`` sows two values into
 the ``'intermediates'`` collection::
@@ -302,7 +302,7 @@ class Backbone(nn.Module):
     conv_input_barrier: str = "auto"
     init_scheme: str = "fan_out"
 
-    #: METHOD.md [ours]: the first conv of the backbone's second stage, by its Flax module path.
+    #: docs/method.md [ours]: the first conv of the backbone's second stage (its Flax module path).
     default_hebb_layer: ClassVar[str] = ""
     #: The tiny variant for CI (``get_model(..., smoke=True)``, the configs' ``:smoke``): width and
     #: depth fields that make the model compile and run in seconds.

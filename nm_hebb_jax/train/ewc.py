@@ -1,6 +1,6 @@
 """Elastic-weight consolidation (EWC) in the trainer: the state, the Fisher and its refresh.
 
-NM-Hebb consolidates with ``R_EWC = mean_i F̃_i (θ_i − θ*_i)²`` (METHOD.md, Phase 1,
+NM-Hebb consolidates with ``R_EWC = mean_i F̃_i (θ_i − θ*_i)²`` (docs/method.md, Phase 1,
 "Consolidation"). The pieces, and where each lives:
 
 - the penalty, a pure function of arrays: :func:`nm_hebb_jax.losses.ewc_penalty`;
@@ -58,7 +58,7 @@ def refresh_due(t: int, every: int) -> bool:
 def make_fisher_fn(model) -> Callable:
     """Per-example CE loss ``(backbone_params, example, batch_stats) -> scalar`` for the Fisher.
 
-    BatchNorm runs in inference mode (METHOD.md: per-example gradients, BN in inference mode).
+    BatchNorm runs in inference mode (docs/method.md: per-example gradients, BN in inference mode).
     """
 
     def per_example_loss(backbone_params, example, batch_stats):

@@ -1,4 +1,4 @@
-"""Methods by name: which loss terms each phase of each method uses (METHOD.md A).
+"""Methods by name: which loss terms each phase of each method uses (docs/method.md A).
 
 ``config.method`` picks a row of :data:`METHOD_TERMS`; :func:`phase_plan` turns it, with the weights
 of the config, into the phase's objective (built from the transforms of

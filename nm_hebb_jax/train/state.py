@@ -3,8 +3,8 @@
 ``TrainState`` holds params (``{'backbone', 'neuromod'[, 'centers']}``), batch statistics, optimiser
 state, the global step, the run's base PRNG key (as raw key data, so orbax can save it) and the
 hypergradient buffers of the neuromodulator. The EWC state ``{'anchor', 'fisher'}`` is a separate
-pytree (METHOD.md: "separate state, saved in the checkpoint"), owned by :mod:`nm_hebb_jax.train.ewc`
-(:func:`init_ewc_state` is re-exported here).
+pytree (docs/method.md: "separate state, saved in the checkpoint"), owned by
+:mod:`nm_hebb_jax.train.ewc` (:func:`init_ewc_state` is re-exported here).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def weight_decay_mask(params: PyTree) -> PyTree:
 def make_optimizer(
     config, schedule: optax.Schedule, *, train_neuromod: bool
 ) -> optax.GradientTransformation:
-    """SGD (Nesterov) with decoupled-from-BN weight decay (METHOD.md training defaults).
+    """SGD (Nesterov) with decoupled-from-BN weight decay (docs/method.md training defaults).
 
     ``params['neuromod']`` is updated by this optimiser only when ``train_neuromod`` (gate learning
     ``'joint_prior'``); otherwise its gradient is zeroed here and the hypergradient (or nothing,
