@@ -12,8 +12,8 @@ carved from the rest (stratified, ``val_seed`` 0: what every choice is tuned on)
 RESULTS.md reports). Every method of a group gets the same data, augmentation, schedule and total
 epochs (``baseline`` trains phase-1 + phase-2 epochs of CE); ``overrides`` are config fields.
 
-Arguments: ``''`` (the study), ``sweep`` (the λ_hebb × λ_ewc sweep on validation: one seed, the same for every cell, so the
-cells differ only in λ; a shorter 6 + 2-epoch budget), ``smoke`` (a
+Arguments: ``''`` (the study), ``sweep`` (the λ_hebb × λ_ewc sweep on validation: one seed, the
+same for every cell, so the cells differ only in λ; a shorter 6 + 2-epoch budget), ``smoke`` (a
 two-run grid on the digits for the tests).
 """
 
