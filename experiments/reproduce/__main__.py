@@ -159,18 +159,24 @@ def run_one(r, args) -> dict:
         r.train_command(args.workroot, args.data_root), cwd=ROOT, capture_output=True, text=True
     )
     train_s = time.time() - t0
-    if proc.returncode != 0 and "already holds a finished run" not in proc.stderr:
+    # main.py exits 3 when the loss or gradient turns non-finite: a result (this setting
+    # diverges), recorded as such, not an error of the grid.
+    diverged = proc.returncode == 3
+    if proc.returncode not in (0, 3) and "already holds a finished run" not in proc.stderr:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"error: training {r.name} failed (exit {proc.returncode})")
     steps = (
         json.loads(proc.stdout.strip().splitlines()[-1])["steps"] if proc.returncode == 0 else None
     )
     t1 = time.time()
-    val = _evaluate(workdir, [])
-    test = _evaluate(workdir, test_args)
+    if diverged:
+        val = test = None
+    else:
+        val = _evaluate(workdir, [])
+        test = _evaluate(workdir, test_args)
+        for ev in (val, test):
+            ev.pop("provenance", None)
     eval_s = time.time() - t1
-    for ev in (val, test):
-        ev.pop("provenance", None)
     import importlib.metadata as md
 
     return {
@@ -189,10 +195,12 @@ def run_one(r, args) -> dict:
         },
         "test": os.path.basename(holdout) if holdout else f"split {r.test_split}",
         "phase1_steps": steps[0] if steps else None,
+        "status": "diverged" if diverged else "finished",
+        "error": proc.stderr.strip().splitlines()[-1] if diverged else None,
         "eval": {"val": val, "test": test},
         "curves": _curves(workdir),
         "seconds": {
-            "train": None if proc.returncode else round(train_s, 1),
+            "train": None if proc.returncode not in (0, 3) else round(train_s, 1),
             "eval": round(eval_s, 1),
             "total": round(train_s + eval_s, 1),
         },
@@ -232,6 +240,9 @@ def cmd_run(args) -> None:
             json.dump(summary, f, indent=1, sort_keys=True, default=str)
             f.write("\n")
         os.replace(out + ".tmp", out)
+        if summary["status"] == "diverged":
+            print(f"  diverged: {summary['error']}", flush=True)
+            continue
         v, t = summary["eval"]["val"], summary["eval"]["test"]
         print(
             f"  val top1 {v['top1']:.4f}  test top1 {t['top1']:.4f} nmi {t['nmi']:.4f}  "
