@@ -72,6 +72,15 @@ def test_flag_and_config_file_mistakes_are_one_line(args, message):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
 
 
+def test_evaluation_flags_are_one_line_too():
+    proc = _run("--workdir=/nonexistent-x", "--stepp=3", module=("-m", "nm_hebb_jax.evaluate"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: Unknown command line flag 'stepp'. Did you mean: step ? (--helpfull lists the "
+        "flags)"
+    ]
+
+
 @pytest.mark.parametrize(
     "error,status,line",
     [

@@ -36,6 +36,7 @@ from nm_hebb_jax import data as data_lib
 from nm_hebb_jax.data import DataError, Dataset
 from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES, stratified_split
 from nm_hebb_jax.models import MODEL_NAMES
+from nm_hebb_jax.train import resume
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import RunError, build_run
 from nm_hebb_jax.train.methods import METHODS
@@ -830,3 +831,77 @@ def test_an_object_array_member_is_refused_without_unpickling_advice(tmp_path):
     np.savez(path, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.arange(4) % 2)
     case = NpzCase({}, False, 8, 1, 2, 4)
     check_build(_npz_config(str(path), case), ("pickled Python objects", "x_train"))
+
+
+# ------------------------------------------------- 5. resuming a workdir with other settings
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                "seed",
+                "method",
+                "data.val_size",
+                "data.path",
+                "model.name",
+                "optim.base_lr",
+                "hebb.weight",
+                "phase1.num_steps",
+                "phase2.epochs",
+                "log.every_steps",
+                "ckpt.every_steps",
+                "eval.batch_size",
+                "cpu_tuning",
+                "debug.kill_at_step",
+                "distributed.process_id",
+                "skip_nonfinite",
+                "resume_override",
+                "data.cache_dir",
+            ]
+        ),
+        st.integers(1, 10**6),
+        max_size=5,
+    )
+)
+def test_resume_refuses_changed_settings_except_durations_logging_and_eval(changes):
+    """config_changes is exactly the changed fields outside MAY_CHANGE_ON_RESUME."""
+    saved = resume.config_dict(load_config("quickstart"))
+    new = resume.config_dict(load_config("quickstart"))
+    for field, value in changes.items():
+        group, _, name = field.rpartition(".")
+        (new[group] if group else new)[name] = value
+    refused = {f for f, _, _ in resume.config_changes(saved, new)}
+    may_change = (
+        "phase1.",
+        "phase2.",
+        "log.",
+        "ckpt.",
+        "eval.",
+        "cpu_tuning",
+        "debug.",
+        "distributed.",
+        "skip_nonfinite",
+        "resume_override",
+        "data.cache_dir",
+    )
+    expected = {
+        f for f, v in changes.items() if not f.startswith(may_change) and _get(saved, f) != v
+    }
+    assert refused == expected
+
+
+def _get(tree: dict, field: str):
+    for part in field.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_resume_comparison_ignores_fields_one_side_lacks():
+    saved = resume.config_dict(load_config("quickstart"))
+    new = resume.config_dict(load_config("quickstart"))
+    del saved["nm"]["hidden"]  # a field added to the schema after the checkpoint was written
+    new["nm"]["hidden"] = 99
+    new["seed"] = 5
+    assert resume.config_changes(saved, new) == [("seed", 0, 5)]

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from nm_hebb_jax.train.checkpoint import DIGEST_KEY
 from nm_hebb_jax.train.loop import RunError, train_and_evaluate
 from tests.util import ROOT, assert_trees_close, load_config, restore_params
 
@@ -108,22 +109,39 @@ def _damage(step_dir, how):
     elif how == "fingerprint":  # still parses, but the content is not what was saved
         meta_file = step_dir / "meta" / "metadata"
         meta = json.loads(meta_file.read_text())
-        meta["fingerprint"] = "0" * 64
+        meta[DIGEST_KEY] = "0" * 64
         meta_file.write_text(json.dumps(meta))
+    elif how == "chunks":  # random bytes written over the middle of every array data chunk
+        rng = random.Random(0)
+        for root, _, files in os.walk(state):
+            for f in files:
+                path = os.path.join(root, f)
+                if os.sep + "d" + os.sep not in path:
+                    continue
+                size = os.path.getsize(path)
+                with open(path, "r+b") as fh:
+                    fh.seek(size // 2)
+                    fh.write(bytes(rng.randrange(256) for _ in range(min(64, size - size // 2))))
 
 
-# Restoring a checkpoint whose data directory is gone fails inside orbax's asyncio.run(); a
-# read that is still in flight on a worker thread then completes and calls back into the closed
-# loop ("RuntimeError: Event loop is closed", reported by pytest as unraisable, in some runs).
-# That is orbax's error path, after ours has already caught the failure; it is ignored for
-# this case only.
+# Restoring a checkpoint whose data directory is gone (or whose chunks are garbage) fails inside
+# orbax's asyncio.run(); a read that is still in flight on a worker thread then completes and
+# calls back into the closed loop ("RuntimeError: Event loop is closed", reported by pytest as
+# unraisable, in some runs). That is orbax's error path, after ours has already caught the
+# failure; it is ignored for these cases only.
 _ORBAX_CLOSED_LOOP = pytest.mark.filterwarnings(
     "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning"
 )
 
 
 @pytest.mark.parametrize(
-    "how", ["truncate", pytest.param("delete", marks=_ORBAX_CLOSED_LOOP), "fingerprint"]
+    "how",
+    [
+        "truncate",
+        pytest.param("delete", marks=_ORBAX_CLOSED_LOOP),
+        "fingerprint",
+        pytest.param("chunks", marks=_ORBAX_CLOSED_LOOP),
+    ],
 )
 def test_damaged_latest_checkpoint_falls_back_to_previous_good_step(smoke_run, tmp_path, how):
     _, reference, _ = smoke_run

@@ -14,7 +14,7 @@ from importlib import metadata
 import jax
 from absl import logging
 
-from nm_hebb_jax.errors import MissingFileError
+from nm_hebb_jax.errors import LoadError, MissingFileError
 
 PACKAGES = (
     "jax",
@@ -133,6 +133,7 @@ def read_config(workdir: str):
 
     Raises:
       MissingFileError: ``workdir`` has no ``config.json`` (a FileNotFoundError; one line).
+      LoadError: ``config.json`` is damaged (not a JSON object; the message names the file).
     """
     import ml_collections
 
@@ -141,8 +142,27 @@ def read_config(workdir: str):
         raise MissingFileError(
             f"{workdir} has no config.json; pass the --workdir of a training run"
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_json(path, what="the run's config"))
+
+
+def read_json(path: str, *, what: str) -> dict:
+    """A JSON object from ``path``; a damaged file is a one-line LoadError naming it.
+
+    Args:
+      path: the file.
+      what: what the file holds, for the message (``"the run's config"``).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(f"{path} ({what}) is damaged: not valid JSON ({reason})") from None
+    except OSError as e:
+        raise LoadError(f"{path} ({what}) cannot be read ({e.strerror})") from None
+    if not isinstance(value, dict):
+        raise LoadError(f"{path} ({what}) is damaged: a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def git_commit() -> str:
