@@ -61,28 +61,52 @@ class _Progress:
         self.bar.close()
 
 
+class _EventFile:
+    """A TensorBoard event file written in the caller's thread (tensorboardX's record format).
+
+    tensorboardX's ``SummaryWriter`` writes from a thread of its own and flushes at exit, so a
+    failed write (a full disk) surfaced there as a traceback of that thread and another at exit;
+    here it is raised by :meth:`scalars`, to the run, which reports it.
+    """
+
+    def __init__(self, logdir: str):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(logdir, "events"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        now = time.time()
+        for k, v in values.items():
+            event = event_pb2.Event(wall_time=now, step=int(step), summary=scalar(k, v))
+            self._writer.write_event(event)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricWriter:
     """Writes scalars to ``workdir/tb`` (TensorBoard) and ``workdir/metrics.jsonl``.
 
-    Only the main process writes (``enabled``); the others get no-ops.
+    Only the main process writes (``enabled``); the others get no-ops. Writes happen in the
+    caller's thread, so a failed one raises there.
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.workdir = workdir
         self.enabled = enabled
-        self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._tb = _EventFile(os.path.join(workdir, "tb")) if enabled else None
 
     def scalars(self, step: int, values: dict) -> None:
         """Logs ``{name: float}`` at ``step`` (TensorBoard, JSON lines, absl log)."""
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
-        for k, v in values.items():
-            self._tb.add_scalar(k, v, step)
+        self._tb.scalars(step, values)
         self.append_jsonl("metrics.jsonl", {"step": int(step), **values})
         short = ", ".join(
             f"{k}={v:.4g}"
@@ -107,7 +131,8 @@ class MetricWriter:
     def close(self) -> None:
         """Flushes and closes the event file."""
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            tb.close()
 
 
 def write_config(workdir: str, config) -> str:
