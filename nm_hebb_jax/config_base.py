@@ -30,6 +30,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.method = "nm_hebb"
     c.init_from = ""  # a workdir (or checkpoint dir) whose latest checkpoint initialises params
     c.skip_nonfinite = False  # True: skip updates whose loss/grad is non-finite instead of stopping
+    # True: resume a workdir whose checkpoint was trained with other settings (seed, data, model,
+    # optimiser, ...) with this launch's values; durations, logging and eval settings may change
+    # on resume without it (train/resume.py, MAY_CHANGE_ON_RESUME)
+    c.resume_override = False
     # Donate the train state to the step (in-place update): 'auto' = on GPU/TPU, not on CPU,
     # where it measured no faster and saves little memory (BENCHMARKS.md); 'always' or 'never'.
     c.donate_state = "auto"

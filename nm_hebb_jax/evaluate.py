@@ -1,11 +1,17 @@
 """Evaluate a checkpoint: ``python -m nm_hebb_jax.evaluate --workdir DIR [--step N | --best]
-[--data FILE --split NAME]``.
+[--data FILE --split NAME] [--outdir OUT]``.
 
 Prints one JSON line last: ``top1``, ``nmi``, ``knn_top1``, ``num_examples``, the filter metrics of
 the tapped layer, ``step``, ``provenance`` and ``runtime`` (the CPU settings used: the run's own
 ``cpu_tuning`` and ``cpu_malloc_tuning`` unless ``--[no]cpu_tuning``/``--[no]cpu_malloc_tuning`` are
-given). Writes pictures and ``results.json`` to ``DIR/eval/<split>_step<N>/`` (never over training
-artifacts).
+given). Writes pictures and ``results.json`` to ``--outdir``, by default
+``DIR/eval/<split>_step<N>/`` (never over training artifacts).
+
+The checkpoint is read as training reads it: verified against its digest, the newest intact one
+unless ``--step`` names one (a damaged ``--step`` is refused, naming the other steps). Where the
+pictures cannot be written (a read-only workdir, a full disk) a warning says so before the
+evaluation runs and the results are still printed; a damaged ``config.json`` or ``metrics.jsonl``
+is named.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from nm_hebb_jax.errors import LoadError, UsageError
+from nm_hebb_jax import cli
+from nm_hebb_jax.errors import LoadError, warn
 from nm_hebb_jax.eval import plots
 from nm_hebb_jax.eval.run import load_run
 
@@ -28,6 +35,9 @@ flags.DEFINE_bool("best", False, "Evaluate the best-validation checkpoint.")
 flags.DEFINE_string("data", None, "An npz file to evaluate on (default: the run's eval split).")
 flags.DEFINE_string("split", None, "Split name (in --data, or of the run's dataset).")
 flags.DEFINE_bool("plots", True, "Write the t-SNE map, filter grid and training curves.")
+flags.DEFINE_string(
+    "outdir", None, "Where the pictures and results.json go (default: DIR/eval/<split>_step<N>)."
+)
 flags.DEFINE_bool(
     "cpu_tuning",
     None,
@@ -135,9 +145,21 @@ def _phase_starts(run) -> list[int]:
 
 
 def evaluate_workdir(
-    workdir: str, *, step=None, best=False, data=None, split=None, make_plots=True
+    workdir: str,
+    *,
+    step=None,
+    best=False,
+    data=None,
+    split=None,
+    make_plots=True,
+    outdir: str | None = None,
 ) -> dict:
-    """Evaluates a run's checkpoint and writes its artifacts; returns the JSON-able results."""
+    """Evaluates a run's checkpoint and writes its artifacts; returns the JSON-able results.
+
+    ``outdir`` (default ``<workdir>/eval/<split>_step<N>``) is checked before the evaluation runs;
+    when the default one cannot be written, or writing fails midway, a warning says so and the
+    results are returned without pictures (``outdir`` None in them).
+    """
     from nm_hebb_jax.train.writer import provenance
 
     if step is not None and best:
@@ -148,7 +170,7 @@ def evaluate_workdir(
         if best:
             raise LoadError("a Hebbian-CNN run has no best checkpoint; drop --best")
         return evaluate_hebbian_workdir(
-            workdir, step=step, data=data, split=split, make_plots=make_plots
+            workdir, step=step, data=data, split=split, make_plots=make_plots, outdir=outdir
         )
     run = load_run(workdir, step=step, best=best)
     if data is not None:
@@ -165,14 +187,45 @@ def evaluate_workdir(
                 f"--data images are {tuple(images.shape[1:])} but the model was trained on "
                 f"{expect}; evaluate data of the same dataset"
             )
+        target = plots.writable_outdir(outdir or _default_outdir(run, split), explicit=bool(outdir))
         results = run.evaluate((images, labels))
     else:
         split = split or run.config.eval.split
+        target = plots.writable_outdir(outdir or _default_outdir(run, split), explicit=bool(outdir))
         images = run.dataset.get_arrays(split)[0]
         results = run.evaluate(split=split)
     emb, labels = results.pop("_embeddings"), results.pop("_labels")
-    outdir = os.path.join(run.workdir, "eval", f"{split}_step{run.step}")
-    os.makedirs(outdir, exist_ok=True)
+    out = {
+        **{k: v for k, v in results.items()},
+        "split": split,
+        "step": run.step,
+        "phase": run.meta.get("phase"),
+        "method": run.config.method,
+        "model": run.meta["model"]["name"],
+        "pictures": {},
+        "outdir": target,
+        "provenance": provenance(run.config),
+    }
+    if target is not None:
+        try:
+            out["pictures"] = _pictures(run, split, images, emb, labels, target, make_plots)
+            with open(os.path.join(target, "results.json"), "w") as f:
+                json.dump(out, f, indent=2, default=str)
+        except OSError as e:  # a full disk: the evaluation is not lost, it is printed
+            warn(
+                f"writing the pictures to {target} failed ({e.strerror or e}): the results are "
+                "printed without them; pass --outdir=DIR to write them elsewhere"
+            )
+            out["outdir"] = None
+    return out
+
+
+def _default_outdir(run, split: str) -> str:
+    return os.path.join(run.workdir, "eval", f"{split}_step{run.step}")
+
+
+def _pictures(run, split, images, emb, labels, outdir, make_plots) -> dict:
+    """Writes the t-SNE map, filter grid, top patches and training curves; returns their paths."""
     pictures = {}
     if make_plots:
         names = run.meta["data"].get("class_names")
@@ -210,19 +263,7 @@ def evaluate_workdir(
                 ),
                 phase_starts=_phase_starts(run),
             )
-    out = {
-        **{k: v for k, v in results.items()},
-        "split": split,
-        "step": run.step,
-        "phase": run.meta.get("phase"),
-        "method": run.config.method,
-        "model": run.meta["model"]["name"],
-        "pictures": pictures,
-        "provenance": provenance(run.config),
-    }
-    with open(os.path.join(outdir, "results.json"), "w") as f:
-        json.dump(out, f, indent=2, default=str)
-    return out
+    return pictures
 
 
 def main(argv):
@@ -241,7 +282,8 @@ def main(argv):
         # before JAX starts its backend
         cpu_runtime.configure(malloc=runtime["cpu_malloc_tuning"])
         runtime["malloc_applied"] = cpu_runtime.malloc_applied()
-    try:
+    # The project's errors (workdir, step, data, a damaged checkpoint) are one line, exit 2.
+    with cli.reported(interrupted="interrupted (Ctrl-C); nothing was printed"):
         out = evaluate_workdir(
             FLAGS.workdir,
             step=FLAGS.step,
@@ -249,12 +291,10 @@ def main(argv):
             data=FLAGS.data,
             split=FLAGS.split,
             make_plots=FLAGS.plots,
+            outdir=FLAGS.outdir,
         )
-    except UsageError as e:  # a mistake in the input (workdir, step, data): one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps({**out, "runtime": runtime}, default=str))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

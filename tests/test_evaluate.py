@@ -1,7 +1,11 @@
-"""Evaluation CLI and notebook API on a finished smoke run."""
+"""Evaluation CLI and notebook API on a finished smoke run, and evaluation as careful as training:
+verified checkpoints with fallback, a damaged ``--step``/``--best`` refused, results printed when
+pictures cannot be written, damaged files named."""
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +14,10 @@ import pytest
 from PIL import Image
 
 import nm_hebb_jax
+from nm_hebb_jax.eval import plots
 from nm_hebb_jax.eval.run import LoadError
 from nm_hebb_jax.evaluate import evaluate_workdir, runtime_settings
+from tests.test_reliability import _damage
 from tests.util import ROOT
 
 pytestmark = pytest.mark.slow
@@ -136,3 +142,98 @@ def test_cli_prints_json_last(smoke_run):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: workdir /no/such/run")
+
+
+def _copy(smoke_run, tmp_path, name="run"):
+    _, workdir, _ = smoke_run
+    target = tmp_path / name
+    shutil.copytree(workdir, target)
+    return target
+
+
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("how", ["truncate", "chunks", "fingerprint"])
+def test_damaged_latest_checkpoint_falls_back_and_a_damaged_step_is_refused(
+    smoke_run, tmp_path, how
+):
+    _, _, summary = smoke_run
+    workdir = _copy(smoke_run, tmp_path)
+    last = summary["final_step"]
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert steps[-1] == last
+    _damage(workdir / "checkpoints" / str(last), how)
+    with pytest.warns(RuntimeWarning, match=f"checkpoint step {last} in .* falling back"):
+        out = evaluate_workdir(str(workdir), make_plots=False)
+    assert out["step"] == steps[-2]
+    with pytest.raises(LoadError) as e:
+        evaluate_workdir(str(workdir), step=last, make_plots=False)
+    message = str(e.value)
+    assert message.startswith(f"checkpoint step {last} in {workdir}/checkpoints is damaged")
+    assert message.endswith(
+        f"other steps: {steps[:-1]}; pass one of them to --step, or drop --step for the newest "
+        "intact checkpoint"
+    )
+    assert "\n" not in message
+
+
+def test_a_damaged_best_checkpoint_is_refused(smoke_run, tmp_path):
+    workdir = _copy(smoke_run, tmp_path)
+    (best,) = os.listdir(workdir / "best")
+    _damage(workdir / "best" / best, "fingerprint")
+    with pytest.raises(LoadError, match="drop --best to evaluate the newest intact regular"):
+        evaluate_workdir(str(workdir), best=True, make_plots=False)
+
+
+def test_results_are_returned_when_the_pictures_cannot_be_written(smoke_run, tmp_path, monkeypatch):
+    workdir = _copy(smoke_run, tmp_path)
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), dir)
+
+    monkeypatch.setattr(plots.tempfile, "TemporaryFile", read_only)
+    with pytest.warns(RuntimeWarning, match=r"cannot write to .*\(Read-only file system\): the"):
+        out = evaluate_workdir(str(workdir), make_plots=False)
+    assert out["outdir"] is None and out["top1"] >= 0.0
+    with pytest.raises(LoadError, match=r"--outdir .* cannot be written \(Read-only"):
+        evaluate_workdir(str(workdir), make_plots=False, outdir=str(tmp_path / "elsewhere"))
+    monkeypatch.undo()
+    out = evaluate_workdir(str(workdir), make_plots=False, outdir=str(tmp_path / "elsewhere"))
+    assert json.load(open(tmp_path / "elsewhere" / "results.json"))["top1"] == out["top1"]
+
+
+def test_a_full_disk_while_writing_pictures_still_returns_the_results(
+    smoke_run, tmp_path, monkeypatch
+):
+    workdir = _copy(smoke_run, tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(plots, "plot_embedding_tsne", full)
+    with pytest.warns(RuntimeWarning, match=r"writing the pictures to .* failed \(No space left"):
+        out = evaluate_workdir(str(workdir))
+    assert out["outdir"] is None and out["num_examples"] > 0
+
+
+def test_damaged_config_and_metrics_files_are_named(smoke_run, tmp_path):
+    workdir = _copy(smoke_run, tmp_path)
+    config = (workdir / "config.json").read_text()
+    (workdir / "config.json").write_text(config[:300])
+    with pytest.warns(RuntimeWarning) as caught:
+        out = evaluate_workdir(str(workdir), make_plots=False)
+    (message,) = [str(w.message) for w in caught if "config.json" in str(w.message)]
+    assert message.startswith(f"{workdir}/config.json (the run's config) is damaged: not valid")
+    assert message.endswith(f"using the copy saved with checkpoint step {out['step']}")
+    (workdir / "config.json").write_text(config)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train/lo\x00\x01 cut short\n')
+    lines = len((workdir / "metrics.jsonl").read_text().splitlines())
+    damaged = rf"metrics.jsonl has 1 damaged line\(s\) \(line {lines}\)"
+    with pytest.warns(RuntimeWarning, match=damaged):
+        evaluate_workdir(str(workdir))
+    # A damaged config.json and no copy in the checkpoint (written before this version): named.
+    from nm_hebb_jax.train.writer import read_config
+
+    (workdir / "config.json").write_text("[1, 2")
+    with pytest.raises(LoadError, match=r"config.json \(the run's config\) is damaged"):
+        read_config(str(workdir))

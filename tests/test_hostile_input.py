@@ -2,9 +2,12 @@
 
 Each property states what must happen to generated input: ``build_run`` (which validates a config
 and builds data and model without compiling) either builds, when the input is valid, or raises a
-:class:`RunError` whose message is one line naming the problem; no other exception escapes and no
-XLA compilation happens first. ``Dataset.train_batch`` either returns a valid batch or raises a
-one-line :class:`DataError`.
+:class:`RunError` whose message is one line naming the problem (and never passes on numpy's advice
+to load a file with ``allow_pickle=True``); no other exception escapes and no XLA compilation
+happens first. ``Dataset.train_batch`` either returns a valid batch or raises a one-line
+:class:`DataError`. Input that builds but cannot mean what the user wants (nothing to train, a
+zero learning rate, a training split with one class) is refused too (section 4), and so is
+resuming a workdir with other settings (section 5).
 
 Data files are tiny and written to a fresh ``tempfile.TemporaryDirectory()`` per example
 (hypothesis examples and function-scoped ``tmp_path`` fixtures do not mix). Config values
@@ -31,8 +34,9 @@ from PIL import Image
 
 from nm_hebb_jax import data as data_lib
 from nm_hebb_jax.data import DataError, Dataset
-from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES
+from nm_hebb_jax.data.dataset import MAX_NUM_CLASSES, stratified_split
 from nm_hebb_jax.models import MODEL_NAMES
+from nm_hebb_jax.train import resume
 from nm_hebb_jax.train import sharding as S
 from nm_hebb_jax.train.loop import RunError, build_run
 from nm_hebb_jax.train.methods import METHODS
@@ -76,6 +80,7 @@ def _assert_one_line(message: str, error) -> None:
     assert message.strip(), "empty error message"
     assert "\n" not in message and "\r" not in message, f"multi-line message: {message!r}"
     assert "Traceback" not in message, message
+    assert "allow_pickle" not in message, message  # never advise unpickling untrusted data
     if alternatives != (ANY,):
         assert any(a in message for a in alternatives), f"{message!r} names none of {alternatives}"
 
@@ -429,6 +434,13 @@ def _write_case(case: NpzCase, path: str) -> None:
         f.write(case.raw if case.raw is not None else _zip_bytes(case.members, case.compressed))
 
 
+def _train_classes(case: NpzCase) -> int:
+    """Classes with an example in the training portion of a valid case (after the carve)."""
+    labels = np.asarray(case.members["y_train"]).astype(np.int64)
+    train_index, _ = stratified_split(labels, case.val_size, seed=0)
+    return np.unique(labels[train_index]).size
+
+
 def _npz_config(path: str, case: NpzCase):
     config = load_config("quickstart")  # ':smoke': the tiny ResNet
     config.data.source = "npz"
@@ -454,8 +466,11 @@ def test_hostile_npz_files_fail_fast_with_one_line(kind, data):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.npz")
         _write_case(case, path)
-        run = check_build(_npz_config(path, case), case.error)
-        if run is not None and case.error is None:
+        error = case.error
+        if error is None and _train_classes(case) < 2:  # valid, but one class to learn
+            error = "class only"
+        run = check_build(_npz_config(path, case), error)
+        if run is not None and error is None:
             ds = run.dataset
             assert run.num_classes == ds.num_classes == case.num_classes
             assert ds.image_shape == (case.image_size, case.image_size, 3)
@@ -756,3 +771,137 @@ def test_dataset_arrays_are_validated(
         lambda: Dataset(images, labels, seed=0, num_classes=num_classes, eval_split="train")
     )
     assert (message is None) == valid, message
+
+
+# ------------------------------------------------- 4. input that builds but means nothing
+
+
+def test_nothing_to_train_a_zero_learning_rate_or_one_class_is_refused(tmp_path):
+    c = load_config("quickstart")
+    c.phase1.num_steps = c.phase2.num_steps = 0
+    check_build(c, "phase1 and phase2 both have 0 steps: nothing would be trained")
+    c.init_from = str(tmp_path)  # 0 steps with init_from: evaluates another run's parameters
+    check_build(c, None)
+    c = load_config("quickstart")
+    c.phase1.num_steps, c.phase1.epochs = -1, 0.0
+    c.phase2.num_steps, c.phase2.epochs = -1, 0.0
+    check_build(c, "nothing would be trained")
+    c = load_config("quickstart")
+    c.optim.base_lr = 0.0
+    check_build(c, "optim.base_lr=0 trains nothing")
+    c = load_config("quickstart")
+    c.phase2.lr_factor = 0.0
+    check_build(c, "phase2.lr_factor=0 makes the 4 steps of phase 2 train nothing")
+    c.phase2.num_steps = 0  # no phase 2: its learning rate does not matter
+    check_build(c, None)
+    # A file whose labels cover one class while it declares ten.
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "one_class.npz")
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8),
+        y_train=np.full(60, 3),
+        class_names=np.array([f"c{i}" for i in range(10)]),
+    )
+    case = NpzCase({}, False, 8, 10, 10, 60)
+    check_build(
+        _npz_config(path, case),
+        f"the training split of custom ({path}) has examples of 1 class only (label 3) of the "
+        "10 it declares",
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is not a zip file",
+        b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01K\x02e.",  # a pickle
+        b"",
+    ],
+)
+def test_a_file_that_is_not_an_npz_archive_is_named_without_unpickling_advice(tmp_path, content):
+    path = tmp_path / "data.npz"
+    path.write_bytes(content)
+    case = NpzCase({}, False, 8, 10, 10, 60)
+    check_build(_npz_config(str(path), case), "is not an .npz archive")
+
+
+def test_an_object_array_member_is_refused_without_unpickling_advice(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.arange(4) % 2)
+    case = NpzCase({}, False, 8, 1, 2, 4)
+    check_build(_npz_config(str(path), case), ("pickled Python objects", "x_train"))
+
+
+# ------------------------------------------------- 5. resuming a workdir with other settings
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                "seed",
+                "method",
+                "data.val_size",
+                "data.path",
+                "model.name",
+                "optim.base_lr",
+                "hebb.weight",
+                "phase1.num_steps",
+                "phase2.epochs",
+                "log.every_steps",
+                "ckpt.every_steps",
+                "eval.batch_size",
+                "cpu_tuning",
+                "debug.kill_at_step",
+                "distributed.process_id",
+                "skip_nonfinite",
+                "resume_override",
+                "data.cache_dir",
+            ]
+        ),
+        st.integers(1, 10**6),
+        max_size=5,
+    )
+)
+def test_resume_refuses_changed_settings_except_durations_logging_and_eval(changes):
+    """config_changes is exactly the changed fields outside MAY_CHANGE_ON_RESUME."""
+    saved = resume.config_dict(load_config("quickstart"))
+    new = resume.config_dict(load_config("quickstart"))
+    for field, value in changes.items():
+        group, _, name = field.rpartition(".")
+        (new[group] if group else new)[name] = value
+    refused = {f for f, _, _ in resume.config_changes(saved, new)}
+    may_change = (
+        "phase1.",
+        "phase2.",
+        "log.",
+        "ckpt.",
+        "eval.",
+        "cpu_tuning",
+        "debug.",
+        "distributed.",
+        "skip_nonfinite",
+        "resume_override",
+        "data.cache_dir",
+    )
+    expected = {
+        f for f, v in changes.items() if not f.startswith(may_change) and _get(saved, f) != v
+    }
+    assert refused == expected
+
+
+def _get(tree: dict, field: str):
+    for part in field.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_resume_comparison_ignores_fields_one_side_lacks():
+    saved = resume.config_dict(load_config("quickstart"))
+    new = resume.config_dict(load_config("quickstart"))
+    del saved["nm"]["hidden"]  # a field added to the schema after the checkpoint was written
+    new["nm"]["hidden"] = 99
+    new["seed"] = 5
+    assert resume.config_changes(saved, new) == [("seed", 0, 5)]

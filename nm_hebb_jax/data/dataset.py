@@ -374,6 +374,11 @@ class Dataset:
 
     # ----------------------------------------------------------------------------------- helpers
 
+    @property
+    def train_classes(self) -> np.ndarray:
+        """The class ids with at least one example in the training portion (ascending)."""
+        return self._present
+
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """Per-channel normalisation ``(x / 255 - mean) / std``.
 

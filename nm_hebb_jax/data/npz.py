@@ -48,6 +48,8 @@ Arrays = tuple[np.ndarray, np.ndarray]
 
 DEFAULT_LABEL_KEY = "y_{split}"
 _CACHE_VERSION = "v1"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip member, an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
 _LRU_SIZE = 3
 _lru: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
 _lru_lock = threading.Lock()
@@ -147,6 +149,18 @@ def open_npz(path: str) -> np.lib.npyio.NpzFile:
     if os.path.isdir(path):
         raise DataError(f"npz path {path!r} is a directory: set data.path to the .npz file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"{path!r} cannot be read ({e.strerror}): fix data.path") from None
+    if not magic.startswith(_ZIP_MAGIC) and magic != _NPY_MAGIC:
+        # np.load would try it as a pickle and advise allow_pickle=True: never for a data file.
+        raise DataError(
+            f"{path!r} is not an .npz archive (it does not start with a zip header): "
+            "re-create it with numpy.savez / numpy.savez_compressed, or convert the dataset with "
+            "python -m nm_hebb_jax.data.convert"
+        )
+    try:
         npz = np.load(path, allow_pickle=False)
     except _READ_ERRORS as e:
         reason = _reason(e)
@@ -226,8 +240,13 @@ def _header(npz: np.lib.npyio.NpzFile, key: str, path: str) -> tuple[tuple[int, 
 
 
 def _reason(e: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
+    """The first line of an exception's message (its type name if it has none).
+
+    numpy's advice to load untrusted data with ``allow_pickle=True`` is never passed on.
+    """
     lines = str(e).strip().splitlines()
+    if "allow_pickle" in str(e) or "pickled" in str(e):
+        return "it holds pickled Python objects, which are never loaded from a data file"
     return lines[0] if lines else type(e).__name__
 
 

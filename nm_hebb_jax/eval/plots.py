@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
+from nm_hebb_jax.errors import LoadError, warn
+
 ArrayLike = npt.ArrayLike
 """Anything ``np.asarray`` accepts: numpy arrays, jax arrays, nested lists."""
 PathLike = str | os.PathLike
@@ -35,6 +38,29 @@ Record = Mapping[str, object]
 """One logged row: ``{'step': int, 'train/loss': float, ...}``."""
 
 _DPI = 120
+
+
+def writable_outdir(path: str, *, explicit: bool) -> str | None:
+    """``path`` created and writable, or None (with a warning) when the default one is not.
+
+    Raises:
+      LoadError: an explicit ``--outdir`` that cannot be written.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        if explicit:
+            raise LoadError(
+                f"--outdir {path} cannot be written ({e.strerror}): pass a writable directory"
+            ) from None
+        warn(
+            f"cannot write to {path} ({e.strerror}): the results are printed without pictures "
+            "or results.json; pass --outdir=DIR to write them elsewhere"
+        )
+        return None
+    return path
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -435,16 +461,31 @@ def _as_scalar(value: object) -> float | None:
 
 
 def _load_records(records: Iterable[Record] | PathLike) -> list[Record]:
-    """Records as a list; a str/path is read as JSON lines (blank and non-object lines skipped)."""
+    """Records as a list; a str/path is read as JSON lines (blank and non-object lines skipped).
+
+    A damaged line (cut short by a full disk, or garbage) is skipped, with one warning naming the
+    file and the lines.
+    """
     if isinstance(records, str | os.PathLike):
-        out = []
-        with open(records, encoding="utf-8") as fh:
-            for line in fh:
+        out, damaged = [], []
+        with open(records, encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, start=1):
                 line = line.strip()
-                if line:
+                if not line:
+                    continue
+                try:
                     row = json.loads(line)
-                    if isinstance(row, dict):
-                        out.append(row)
+                except ValueError:
+                    damaged.append(number)
+                    continue
+                if isinstance(row, dict):
+                    out.append(row)
+        if damaged:
+            shown = ", ".join(map(str, damaged[:5])) + (" ..." if len(damaged) > 5 else "")
+            warn(
+                f"{os.fspath(records)} has {len(damaged)} damaged line(s) (line {shown}): the "
+                "training curves leave them out"
+            )
         return out
     return list(records)
 

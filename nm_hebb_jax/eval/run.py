@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nm_hebb_jax.errors import LoadError
+from nm_hebb_jax.errors import CorruptCheckpointError, LoadError, warn
 from nm_hebb_jax.eval import filters as F
 from nm_hebb_jax.eval import metrics as MT
 from nm_hebb_jax.models import collect_taps
@@ -230,21 +230,34 @@ class LoadedRun:
 def load_run(workdir: str, *, step: int | None = None, best: bool = False) -> LoadedRun:
     """Loads a run's config, model and variables from its checkpoint.
 
+    The checkpoint is read as training reads it
+    (:meth:`~nm_hebb_jax.train.checkpoint.Checkpointer.restore_good`): its content is checked
+    against the digest saved with it, and without ``step`` a damaged newest checkpoint is skipped
+    (a warning names it) for the previous intact one. A damaged ``config.json`` is replaced by the
+    copy of the config the checkpoint carries, with a warning (older checkpoints have none: then
+    it is an error naming the file).
+
     Args:
       workdir: the training run's directory.
-      step: a checkpoint step (default: the latest).
+      step: a checkpoint step (default: the newest intact one).
       best: load the best-validation checkpoint instead.
 
     Returns:
       A :class:`LoadedRun`.
+
+    Raises:
+      LoadError: no such workdir, config or checkpoint, or a damaged one (one line).
     """
     from nm_hebb_jax.train.checkpoint import restore_params_only
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(workdir):
         raise LoadError(f"workdir {workdir} does not exist; pass the --workdir of a training run")
+    damaged_config = None
     try:
         config = read_config(workdir)
+    except LoadError as e:  # damaged: the checkpoint's copy may stand in
+        config, damaged_config = None, e
     except FileNotFoundError as e:
         raise LoadError(str(e)) from e
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -254,6 +267,19 @@ def load_run(workdir: str, *, step: int | None = None, best: bool = False) -> Lo
         )
     except FileNotFoundError as e:
         raise LoadError(f"{e}; train first, or pick another --step / drop --best") from e
+    except CorruptCheckpointError as e:
+        if step is not None:
+            advice = "pass one of them to --step, or drop --step for the newest intact checkpoint"
+        elif best:
+            advice = "drop --best to evaluate the newest intact regular checkpoint"
+        else:
+            advice = "there is nothing intact to evaluate"
+        raise LoadError(f"{e}; {advice}") from e
+    if config is None:
+        if not isinstance(meta.get("config"), dict):
+            raise damaged_config
+        warn(f"{damaged_config}; using the copy saved with checkpoint step {meta['step']}")
+        config = ml_collections.ConfigDict(meta["config"])
     model = build_model(config, int(meta["model"]["num_classes"]))
     variables = {"params": params["backbone"], "batch_stats": batch_stats}
     return LoadedRun(

@@ -24,7 +24,7 @@ import numpy as np
 
 from nm_hebb_jax.data import build_dataset, load_npz_split
 from nm_hebb_jax.data.zca import apply_zca
-from nm_hebb_jax.errors import LoadError
+from nm_hebb_jax.errors import CorruptCheckpointError, LoadError, warn
 from nm_hebb_jax.eval import patches as patches_lib
 from nm_hebb_jax.eval import plots
 from nm_hebb_jax.hebbian import decode as decode_lib
@@ -80,6 +80,7 @@ def evaluate_hebbian_workdir(
     data: str | None = None,
     split: str | None = None,
     make_plots: bool = True,
+    outdir: str | None = None,
 ) -> dict:
     """Decodes every layer of a run's checkpoint and draws its filters.
 
@@ -90,6 +91,8 @@ def evaluate_hebbian_workdir(
       split: split name (of ``data``, default ``'test'``; else of the run's dataset, default the
         config's ``data.eval_split``).
       make_plots: write the pictures.
+      outdir: where the pictures and ``results.json`` go (default
+        ``<workdir>/eval/<split>_step<N>``; when that cannot be written, a warning and no files).
 
     Returns:
       JSON-able dict: ``decode/layer{l}/ridge`` and ``.../logistic`` accuracies, ``split``,
@@ -97,7 +100,7 @@ def evaluate_hebbian_workdir(
       ``provenance``.
 
     Raises:
-      LoadError: no config or checkpoint, or data that does not fit the run (one line).
+      LoadError: no config or intact checkpoint, or data that does not fit the run (one line).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config = read_config(workdir)
@@ -109,6 +112,9 @@ def evaluate_hebbian_workdir(
         params, zca, step = train_lib.restore(workdir, model, image_shape, step=step)
     except FileNotFoundError as e:
         raise LoadError(str(e)) from e
+    except CorruptCheckpointError as e:
+        advice = "pass one of them to --step, or drop --step" if step is not None else ""
+        raise LoadError(f"{e}; {advice or 'there is nothing intact to evaluate'}") from e
     if data is not None:
         if not os.path.exists(data):
             raise LoadError(f"--data {data} does not exist; pass a project-format npz")
@@ -123,6 +129,9 @@ def evaluate_hebbian_workdir(
     else:
         split = split or config.data.eval_split
         evaluation = dataset.get_arrays(split)
+    target = plots.writable_outdir(
+        outdir or os.path.join(workdir, "eval", f"{split}_step{step}"), explicit=bool(outdir)
+    )
     results = decode_lib.decode_run(
         model,
         params,
@@ -132,8 +141,34 @@ def evaluate_hebbian_workdir(
         config.decode,
         seed=config.seed,
     )
-    outdir = os.path.join(workdir, "eval", f"{split}_step{step}")
-    os.makedirs(outdir, exist_ok=True)
+    out = {
+        **results,
+        "split": split,
+        "step": step,
+        "kind": train_lib.KIND,
+        "pictures": {},
+        "outdir": target,
+        "provenance": provenance(config),
+    }
+    if target is None:
+        return out
+    try:
+        out["pictures"] = _pictures(
+            model, params, zca, config, dataset, evaluation, split, step, target, make_plots
+        )
+        with open(os.path.join(target, "results.json"), "w") as f:
+            json.dump(out, f, indent=2, default=str)
+    except OSError as e:  # a full disk: the evaluation is not lost, it is printed
+        warn(
+            f"writing the pictures to {target} failed ({e.strerror or e}): the results are "
+            "printed without them; pass --outdir=DIR to write them elsewhere"
+        )
+        out["outdir"] = None
+    return out
+
+
+def _pictures(model, params, zca, config, dataset, evaluation, split, step, outdir, make_plots):
+    """Writes the layer-1 filters and each layer's top patches; returns their paths."""
     pictures = {}
     if make_plots:
         images, labels = evaluation
@@ -179,14 +214,4 @@ def evaluate_hebbian_workdir(
                     ),
                 )
             )
-    out = {
-        **results,
-        "split": split,
-        "step": step,
-        "kind": train_lib.KIND,
-        "pictures": pictures,
-        "provenance": provenance(config),
-    }
-    with open(os.path.join(outdir, "results.json"), "w") as f:
-        json.dump(out, f, indent=2, default=str)
-    return out
+    return pictures

@@ -15,8 +15,8 @@ Reference: Miconi, "Hebbian learning with gradients", arXiv:2107.01729, 2021.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
 
 import jax
@@ -25,10 +25,11 @@ import numpy as np
 
 from nm_hebb_jax.data import build_dataset
 from nm_hebb_jax.data.zca import apply_zca, fit_zca
-from nm_hebb_jax.errors import RunError
+from nm_hebb_jax.errors import CorruptCheckpointError, NonFiniteError, RunError
 from nm_hebb_jax.hebbian import decode as decode_lib
 from nm_hebb_jax.hebbian.model import HebbianCNN, Params, from_config
 from nm_hebb_jax.losses.hebbian_rules import RULES
+from nm_hebb_jax.train import workdir as W
 from nm_hebb_jax.train.checkpoint import Checkpointer
 from nm_hebb_jax.train.writer import MetricWriter, provenance, write_config
 
@@ -99,12 +100,17 @@ def abstract_tree(model: HebbianCNN, image_shape) -> dict:
 
 
 def restore(workdir: str, model: HebbianCNN, image_shape, *, step: int | None = None):
-    """``(params, zca, step)`` of a workdir's checkpoint (latest by default)."""
+    """``(params, zca, step)`` of a workdir's checkpoint (the newest intact one by default;
+    verified, :meth:`~nm_hebb_jax.train.checkpoint.Checkpointer.restore_good`)."""
     ckpt = Checkpointer(workdir, read_only=True)
     try:
-        tree, _ = ckpt.restore(abstract_tree(model, image_shape), step=step)
+        target = abstract_tree(model, image_shape)
+        restored = ckpt.restore_good(lambda meta: target, step=step)
     finally:
         ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}")
+    tree = restored[0]
     return tree["layers"], tree["zca"], int(tree["step"])
 
 
@@ -122,10 +128,30 @@ def train_and_evaluate_hebbian(config, workdir: str) -> dict:
 
     Raises:
       RunError: a bad config value (one line).
+      WorkdirError: the workdir is a file, not writable, or in use by another run.
+      StorageError: writing the workdir failed (a full disk); the saved checkpoints are kept.
     """
     check_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    with W.hold(workdir) as path:  # one run writes to a workdir
+        ckpt = None
+        try:
+            ckpt = Checkpointer(path, keep=int(config.ckpt.keep))
+            return _train(config, path, ckpt)
+        except BaseException as e:
+            last = None
+            if ckpt is not None:
+                with contextlib.suppress(Exception):
+                    last = ckpt.latest_step()
+                ckpt.discard_partial()
+                with contextlib.suppress(Exception):
+                    ckpt.close()
+            failure = W.storage_error(e, path, last)
+            if failure is not None:
+                raise failure from e
+            raise
+
+
+def _train(config, workdir: str, ckpt: Checkpointer) -> dict:
     write_config(workdir, config)
     dataset = build_dataset(config.data, seed=config.seed)
     images, labels = dataset.get_arrays("train")
@@ -134,11 +160,15 @@ def train_and_evaluate_hebbian(config, workdir: str) -> dict:
     model.output_shapes(image_shape)
     steps = total_steps(config, len(images))
 
-    ckpt = Checkpointer(workdir, keep=int(config.ckpt.keep))
     writer = MetricWriter(workdir)
     resumed = None
-    if ckpt.latest_step() is not None:
-        tree, resumed = ckpt.restore(abstract_tree(model, image_shape))
+    target = abstract_tree(model, image_shape)
+    try:
+        restored = ckpt.restore_good(lambda meta: target)
+    except CorruptCheckpointError as e:
+        raise RunError(f"{e}; move the workdir aside and start a new run") from e
+    if restored is not None:
+        tree, resumed, _ = restored
         params, zca, step = tree["layers"], tree["zca"], int(tree["step"])
     else:
         n = min(int(config.zca_images), len(images))
@@ -163,7 +193,11 @@ def train_and_evaluate_hebbian(config, workdir: str) -> dict:
         if step % config.log.every_steps == 0 or step == steps:
             values = {k: float(v) for k, v in metrics.items()}
             if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(f"non-finite update at step {step}: {values}")
+                bad = ", ".join(sorted(k for k, v in values.items() if not math.isfinite(v)))
+                raise NonFiniteError(
+                    f"non-finite update at step {step} ({bad}); the last checkpoint is step "
+                    f"{ckpt.latest_step()} in {workdir}: lower --config.lrs"
+                )
             values["steps_per_s"] = (step - first) / max(time.time() - t0, 1e-9)
             writer.scalars(step, values)
         if step % config.ckpt.every_steps == 0 or step == steps or step == config.stop_after_step:

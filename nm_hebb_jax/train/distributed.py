@@ -14,6 +14,8 @@ import os
 
 import jax
 
+from nm_hebb_jax.errors import ConfigError
+
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
@@ -32,7 +34,7 @@ def maybe_initialize(config) -> bool:
     kwargs = {}
     if d.coordinator_address:
         if d.num_processes <= 0 or d.process_id < 0:
-            raise ValueError(
+            raise ConfigError(
                 "distributed.coordinator_address needs distributed.num_processes > 0 and "
                 "distributed.process_id >= 0"
             )

@@ -1,16 +1,20 @@
 """``train_and_evaluate(config, workdir)``: both phases of NM-Hebb, resumable, on any mesh.
 
 Order of work: :func:`~nm_hebb_jax.train.validate.build_run` checks the config and builds data,
-model and mesh (nothing compiled); a workdir holding a checkpoint of the same run is resumed
+model and mesh (nothing compiled); the workdir is created and locked for this run
+(:mod:`~nm_hebb_jax.train.workdir`); a workdir holding a checkpoint of the same run is resumed
 (phase, step, EWC state; the data stream is a pure function of the step), one holding a finished
-run is refused (:mod:`~nm_hebb_jax.train.resume`). Then, per phase, the :class:`Trainer` builds the
-phase's steps (each compiled once) and :func:`run_phase` runs them: log, validate, checkpoint, stop
-on request (:mod:`~nm_hebb_jax.train.preemption`). Phase 1 refreshes the EWC state online, phase 2
-anchors it at the end of phase 1 (:mod:`~nm_hebb_jax.train.ewc`).
+run or a run with other settings is refused (:mod:`~nm_hebb_jax.train.resume`). Then, per phase,
+the :class:`Trainer` builds the phase's steps (each compiled once) and :func:`run_phase` runs
+them: log, validate, checkpoint, stop on request (:mod:`~nm_hebb_jax.train.preemption`). Phase 1
+refreshes the EWC state online, phase 2 anchors it at the end of phase 1
+(:mod:`~nm_hebb_jax.train.ewc`). A failed write of the workdir (a full disk) ends the run with a
+one-line :class:`~nm_hebb_jax.errors.StorageError`, after removing the partial checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,6 +31,7 @@ from nm_hebb_jax.train import ewc as E
 from nm_hebb_jax.train import methods as M
 from nm_hebb_jax.train import resume
 from nm_hebb_jax.train import sharding as S
+from nm_hebb_jax.train import workdir as W
 from nm_hebb_jax.train.checkpoint import Checkpointer
 from nm_hebb_jax.train.debug import with_debug_hooks
 from nm_hebb_jax.train.hypergradient import (
@@ -299,11 +304,19 @@ class MetricLog:
         fetched = jax.device_get([m for _, m in self.pending])
         for (s, _), m in zip(self.pending, fetched, strict=True):
             if not bool(m["finite"]) and not skip_nonfinite:
-                bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+                bad = ", ".join(sorted(k for k, v in m.items() if not np.isfinite(v)))
+                last = ckpt.latest_step()
+                if last is None:
+                    raise NonFiniteError(
+                        f"non-finite loss at step {s} ({bad}), before the first checkpoint "
+                        f"(none in {ckpt.workdir}); lower --config.optim.base_lr or set "
+                        "--config.skip_nonfinite=True, and relaunch"
+                    )
                 raise NonFiniteError(
-                    f"non-finite loss at step {s} ({', '.join(sorted(bad))}); the last good "
-                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.workdir}; lower "
-                    "--config.optim.base_lr or set --config.skip_nonfinite=True"
+                    f"non-finite loss at step {s} ({bad}); the last good checkpoint is step "
+                    f"{last} in {ckpt.workdir}: relaunch with --config.skip_nonfinite=True to "
+                    "skip such updates from there, or with a lower --config.optim.base_lr and "
+                    "--config.resume_override=True"
                 )
         last_step = self.pending[-1][0]
         skipped = sum(not bool(m["finite"]) for m in fetched)
@@ -365,7 +378,8 @@ def run_phase(session: Session, plan, step_for, state, ewc, start: int, end: int
             session.save(plan.phase, state, ewc)
             raise Preempted(
                 f"received {session.stop.received}: saved a checkpoint at step {step} in "
-                f"{session.ckpt.workdir}; relaunch the same command to resume"
+                f"{session.ckpt.workdir}; relaunch the same command to resume",
+                exit_code=session.stop.exit_code,
             )
     log.flush()
     progress.close()
@@ -386,54 +400,93 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
 
     Raises:
       RunError: bad input (one line, raised before anything is compiled or written).
+      WorkdirError: the workdir is a file, not writable, or in use by another run.
       NonFiniteError: a non-finite loss; the last good checkpoint is kept.
-      Preempted: SIGTERM received (a checkpoint was saved at the current step; relaunch).
+      StorageError: writing the workdir failed (a full disk); the saved checkpoints are kept.
+      Preempted: SIGTERM or SIGINT received (a checkpoint was saved at the current step;
+        relaunch).
     """
     run = build_run(config, mesh=mesh)
     trainer = Trainer(run, workdir)
     model_meta = resume.model_meta(run, trainer.abstract_variables()[0]["backbone"])
     if config.init_from:
         resume.check_init_from(config.init_from, model_meta)
-    os.makedirs(trainer.workdir, exist_ok=True)
-    ckpt = Checkpointer(trainer.workdir, keep=config.ckpt.keep)
+    with W.hold(trainer.workdir):  # one run writes to a workdir; each process holds its lock
+        return _train(trainer, model_meta)
+
+
+def _train(trainer: Trainer, model_meta: dict) -> dict:
+    """:func:`train_and_evaluate` in a held workdir: resume, both phases, the summary.
+
+    A failed write of the workdir (no space left, ...) removes the partial checkpoint and raises
+    a one-line StorageError; any other failure removes the partial checkpoint too and propagates.
+    """
+    run, config = trainer.run, trainer.config
+    ckpt = writer = None
     try:
+        ckpt = Checkpointer(trainer.workdir, keep=config.ckpt.keep)
         resumed = resume.restore_latest(ckpt, run, model_meta, trainer.abstract_state_of_phase)
-    except RunError:
+        meta = resumed[1] if resumed else None
+        is_main = jax.process_index() == 0
+        writer = MetricWriter(trainer.workdir, enabled=is_main)
+        if is_main:
+            write_config(trainer.workdir, config)
+            writer.append_jsonl("provenance.jsonl", provenance(config, run.mesh, resumed_from=meta))
+        session = Session(trainer, ckpt, writer, StopSignal(), resume.run_meta(run, model_meta))
+        session.best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
+        summary = _run_phases(session, resumed)
+        writer.close()
         ckpt.close()
+    except BaseException as e:
+        last = None
+        if ckpt is not None:
+            with contextlib.suppress(Exception):
+                last = ckpt.latest_step()
+            ckpt.discard_partial()
+        _close_after_failure(writer, ckpt)
+        failure = W.storage_error(e, trainer.workdir, last)
+        if failure is not None:
+            raise failure from e
         raise
+    summary["best_top1"] = session.best_top1
+    summary["compilations"] = {k: f._cache_size() for k, f in trainer.compiled.items()}
+    return summary
+
+
+def _close_after_failure(*closeables) -> None:
+    """Closes what a failed run opened; their own errors (the same full disk) are dropped."""
+    for c in closeables:
+        if c is not None:
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001 - the original failure is what is reported
+                logging.info("closing %s after a failure: %s", type(c).__name__, e)
+
+
+def _run_phases(session: Session, resumed) -> dict:
+    """Both phases from the resumed checkpoint (or the start); the summary without its totals."""
+    trainer, config = session.trainer, session.trainer.config
+    run = trainer.run
     meta = resumed[1] if resumed else None
-    is_main = jax.process_index() == 0
-    writer = MetricWriter(trainer.workdir, enabled=is_main)
-    if is_main:
-        write_config(trainer.workdir, config)
-        writer.append_jsonl("provenance.jsonl", provenance(config, run.mesh, resumed_from=meta))
-    session = Session(trainer, ckpt, writer, StopSignal(), resume.run_meta(run, model_meta))
-    session.best_top1 = float(meta.get("best_top1", -1.0)) if meta else -1.0
     summary: dict[str, Any] = {"steps": list(run.steps), "workdir": trainer.workdir}
     resume_phase = int(meta["phase"]) if meta else 1
     state = ewc = None
-    try:
-        with session.stop:
-            for phase in range(resume_phase, 3):
-                plan, tx, step_for, start, n = trainer.phase_setup(phase)
-                step_for = with_debug_hooks(step_for, config.debug)
-                if meta is not None and phase == resume_phase:
-                    state, ewc = resumed[0]["train"], resumed[0]["ewc"]
-                    step = int(state.step)
-                    logging.info("resumed %s at step %d (phase %d)", trainer.workdir, step, phase)
-                    if step >= start + n:  # this phase had ended: go on with the next one
-                        summary[f"phase{phase}"] = meta.get("val")
-                        continue
-                else:
-                    state, ewc = _start_phase(trainer, phase, plan, tx, start, state)
-                state, ewc, val = run_phase(session, plan, step_for, state, ewc, start, start + n)
-                summary[f"phase{phase}"] = val
-                session.save(phase, state, ewc, finished=phase == 2, val=val)
-    finally:
-        writer.close()
-        ckpt.close()
-    summary["best_top1"] = session.best_top1
-    summary["compilations"] = {k: f._cache_size() for k, f in trainer.compiled.items()}
+    with session.stop:
+        for phase in range(resume_phase, 3):
+            plan, tx, step_for, start, n = trainer.phase_setup(phase)
+            step_for = with_debug_hooks(step_for, config.debug)
+            if meta is not None and phase == resume_phase:
+                state, ewc = resumed[0]["train"], resumed[0]["ewc"]
+                step = int(state.step)
+                logging.info("resumed %s at step %d (phase %d)", trainer.workdir, step, phase)
+                if step >= start + n:  # this phase had ended: go on with the next one
+                    summary[f"phase{phase}"] = meta.get("val")
+                    continue
+            else:
+                state, ewc = _start_phase(trainer, phase, plan, tx, start, state)
+            state, ewc, val = run_phase(session, plan, step_for, state, ewc, start, start + n)
+            summary[f"phase{phase}"] = val
+            session.save(phase, state, ewc, finished=phase == 2, val=val)
     summary["final_step"] = int(state.step)
     return summary
 

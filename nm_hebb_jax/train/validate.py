@@ -165,6 +165,11 @@ def check_numbers(config) -> None:
         raise RunError(f"batch_size must be positive, got {config.batch_size}")
     for name in ("base_lr", "warmup_epochs", "momentum", "weight_decay", "grad_clip"):
         number(f"optim.{name}", config.optim[name])
+    if config.optim.base_lr == 0:
+        raise RunError(
+            "optim.base_lr=0 trains nothing (every update is zero): set a positive "
+            "--config.optim.base_lr (0.1 at batch 128 is the default)"
+        )
     number("phase2.lr_factor", config.phase2.lr_factor)
     number("ewc.refresh_epochs", config.ewc.refresh_epochs)
     for phase in ("phase1", "phase2"):
@@ -194,6 +199,31 @@ def check_numbers(config) -> None:
                 f"phase2.k_per_class={k} must be in [1, batch_size={config.batch_size}] for the "
                 "class-balanced (P×K) batches of phase 2"
             )
+
+
+def check_meaningful(config, dataset, steps: tuple[int, int]) -> None:
+    """Refuses a run that would finish without meaning what was asked: nothing to train, a phase
+    with a zero learning rate, a training split with a single class."""
+    if sum(steps) == 0 and not config.init_from:
+        raise RunError(
+            "phase1 and phase2 both have 0 steps: nothing would be trained; set "
+            "--config.phase1.num_steps (or phase1.epochs) > 0 (0 steps in both phases is only "
+            "for init_from: a run that evaluates another run's parameters)"
+        )
+    if steps[1] > 0 and config.phase2.lr_factor == 0:
+        raise RunError(
+            f"phase2.lr_factor=0 makes the {steps[1]} steps of phase 2 train nothing: set it "
+            "> 0, or --config.phase2.num_steps=0 to skip phase 2"
+        )
+    present = dataset.train_classes
+    if len(present) < 2:
+        where = f" ({config.data.path})" if config.data.get("path") else ""
+        labels = ", ".join(map(str, present.tolist()))
+        raise RunError(
+            f"the training split of {config.data.name}{where} has examples of {len(present)} "
+            f"class only (label {labels}) of the {dataset.num_classes} it declares: a classifier "
+            "learns nothing from it; check the labels (data.label_key, the file)"
+        )
 
 
 def check_mesh(config, mesh) -> None:
@@ -243,4 +273,6 @@ def build_run(config, *, mesh=None) -> Run:
             f"init_from {config.init_from!r} does not exist; pass a workdir that holds a checkpoint"
         )
     spe = dataset.steps_per_epoch(config.batch_size)
-    return Run(config, dataset, model, num_classes, hebb_layers, durations(config, spe), mesh)
+    resolved = durations(config, spe)
+    check_meaningful(config, dataset, resolved.phase_steps)
+    return Run(config, dataset, model, num_classes, hebb_layers, resolved, mesh)

@@ -14,7 +14,7 @@ from importlib import metadata
 import jax
 from absl import logging
 
-from nm_hebb_jax.errors import MissingFileError
+from nm_hebb_jax.errors import LoadError, MissingFileError
 
 PACKAGES = (
     "jax",
@@ -61,28 +61,52 @@ class _Progress:
         self.bar.close()
 
 
+class _EventFile:
+    """A TensorBoard event file written in the caller's thread (tensorboardX's record format).
+
+    tensorboardX's ``SummaryWriter`` writes from a thread of its own and flushes at exit, so a
+    failed write (a full disk) surfaced there as a traceback of that thread and another at exit;
+    here it is raised by :meth:`scalars`, to the run, which reports it.
+    """
+
+    def __init__(self, logdir: str):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(logdir, "events"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        now = time.time()
+        for k, v in values.items():
+            event = event_pb2.Event(wall_time=now, step=int(step), summary=scalar(k, v))
+            self._writer.write_event(event)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricWriter:
     """Writes scalars to ``workdir/tb`` (TensorBoard) and ``workdir/metrics.jsonl``.
 
-    Only the main process writes (``enabled``); the others get no-ops.
+    Only the main process writes (``enabled``); the others get no-ops. Writes happen in the
+    caller's thread, so a failed one raises there.
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.workdir = workdir
         self.enabled = enabled
-        self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._tb = _EventFile(os.path.join(workdir, "tb")) if enabled else None
 
     def scalars(self, step: int, values: dict) -> None:
         """Logs ``{name: float}`` at ``step`` (TensorBoard, JSON lines, absl log)."""
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
-        for k, v in values.items():
-            self._tb.add_scalar(k, v, step)
+        self._tb.scalars(step, values)
         self.append_jsonl("metrics.jsonl", {"step": int(step), **values})
         short = ", ".join(
             f"{k}={v:.4g}"
@@ -107,7 +131,8 @@ class MetricWriter:
     def close(self) -> None:
         """Flushes and closes the event file."""
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            tb.close()
 
 
 def write_config(workdir: str, config) -> str:
@@ -133,6 +158,7 @@ def read_config(workdir: str):
 
     Raises:
       MissingFileError: ``workdir`` has no ``config.json`` (a FileNotFoundError; one line).
+      LoadError: ``config.json`` is damaged (not a JSON object; the message names the file).
     """
     import ml_collections
 
@@ -141,8 +167,27 @@ def read_config(workdir: str):
         raise MissingFileError(
             f"{workdir} has no config.json; pass the --workdir of a training run"
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_json(path, what="the run's config"))
+
+
+def read_json(path: str, *, what: str) -> dict:
+    """A JSON object from ``path``; a damaged file is a one-line LoadError naming it.
+
+    Args:
+      path: the file.
+      what: what the file holds, for the message (``"the run's config"``).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(f"{path} ({what}) is damaged: not valid JSON ({reason})") from None
+    except OSError as e:
+        raise LoadError(f"{path} ({what}) cannot be read ({e.strerror})") from None
+    if not isinstance(value, dict):
+        raise LoadError(f"{path} ({what}) is damaged: a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def git_commit() -> str:
