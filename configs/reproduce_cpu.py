@@ -84,7 +84,7 @@ def get_config(arg=None):
     arg = (arg or "").strip()
     if arg == "":
         groups = [
-            group("cifar10", "vgg11", ALL_METHODS, (0, 1, 2), train_subset=10000, p1=12, p2=4),
+            group("cifar10", "vgg11", ALL_METHODS, (0, 1, 2), train_subset=10000, p1=6, p2=2),
             group(
                 "cifar10",
                 "resnet18",
