@@ -323,6 +323,8 @@ def _verify(tree: PyTree, meta: dict, *, typed: bool) -> None:
 def _host_copy(leaf) -> np.ndarray:
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         leaf = leaf.addressable_data(0)  # replicated state: every copy is the same
+    # A 0-d leaf comes back 1-d (np.ascontiguousarray): state_digest hashes the step's shape as
+    # (1,), and the digests on disk depend on it, so this stays.
     return np.ascontiguousarray(np.asarray(leaf))
 
 
@@ -361,10 +363,14 @@ def fingerprint(tree: PyTree) -> str:
     checkpoints written before :func:`state_digest`; kept to verify them on resume)."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        arr = _host_copy(leaf)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        # np.asarray, not _host_copy: np.ascontiguousarray makes a 0-d leaf (the step) 1-d, and the
+        # digests already written hash its shape as ().
+        arr = np.asarray(leaf)
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str((arr.shape, arr.dtype.str)).encode())
-        h.update(arr.tobytes())
+        h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
 
 
