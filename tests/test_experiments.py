@@ -122,3 +122,31 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path):
     text = out.read_text()
     assert "| nm_hebb | 1 |" in text and "<!-- /grid smoke -->" in text
     assert (tmp_path / "fig" / "smoke_digits_resnet18_gate.png").exists()
+
+
+def test_a_failed_run_does_not_stop_the_grid(tmp_path, monkeypatch, capsys):
+    import experiments.reproduce.__main__ as driver
+
+    done = []
+
+    def run_one(r, args):
+        if r.method == "baseline":
+            raise SystemExit(f"error: training {r.name} failed (exit 2)")
+        done.append(r.name)
+        ev = {"top1": 0.5, "nmi": 0.1}
+        return {"status": "ok", "eval": {"val": ev, "test": ev}, "seconds": {"total": 1.0}}
+
+    monkeypatch.setattr(driver, "run_one", run_one)
+    (tmp_path / "data").mkdir()
+    args = [
+        "run",
+        "--grid=configs/reproduce_cpu.py:smoke",
+        f"--results={tmp_path / 'results'}",
+        f"--workroot={tmp_path / 'runs'}",
+        f"--data-root={tmp_path / 'data'}",
+    ]
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed .*digits_resnet18_baseline_s0"):
+        driver.main(args)
+    assert done == ["digits_resnet18_nm_hebb_s0"]
+    assert os.listdir(tmp_path / "results" / "smoke") == ["digits_resnet18_nm_hebb_s0.json"]
+    assert "training digits_resnet18_baseline_s0 failed" in capsys.readouterr().err

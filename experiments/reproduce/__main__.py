@@ -229,12 +229,18 @@ def cmd_run(args) -> None:
         return
     if not os.path.isdir(args.data_root):
         raise SystemExit(f"error: --data-root {args.data_root} does not exist")
+    failed = []
     for r in runs:
         out = r.summary_path(args.results)
         if os.path.exists(out):
             continue
         print(f"running {r.name} (estimated {_fmt_time(_estimate(r, measured))})", flush=True)
-        summary = run_one(r, args)
+        try:
+            summary = run_one(r, args)
+        except SystemExit as e:  # one failed run (its error printed) does not stop the grid
+            print(e, file=sys.stderr, flush=True)
+            failed.append(r.name)
+            continue
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out + ".tmp", "w") as f:
             json.dump(summary, f, indent=1, sort_keys=True, default=str)
@@ -248,6 +254,11 @@ def cmd_run(args) -> None:
             f"  val top1 {v['top1']:.4f}  test top1 {t['top1']:.4f} nmi {t['nmi']:.4f}  "
             f"({_fmt_time(summary['seconds']['total'])})",
             flush=True,
+        )
+    if failed:
+        raise SystemExit(
+            f"error: {len(failed)} run(s) failed (their errors are above; rerun the same command "
+            f"to retry them, finished runs are skipped): {', '.join(failed)}"
         )
 
 
